@@ -1,0 +1,329 @@
+"""Read and write CT/MR volumes and label maps without losing their geometry.
+
+Formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.mha``,
+``.mhd``) through SimpleITK, and DICOM series (a folder, or one ``.dcm`` file of the series).
+RTSTRUCT contours are rasterised by :func:`read_rtstruct` (needs pydicom).
+
+Conventions (see :mod:`napari_sam_med.volume.geometry`): arrays are ``(z, y, x)``, voxel
+indices and spacing are ``(x, y, z)`` as ITK orders them, world coordinates are LPS mm.
+Every fault is reported as :class:`VolumeError` (a ``ValueError``) naming the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import uuid
+import zlib
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .dicom import list_dicom_series, read_dicom_series, read_rtstruct
+from .geometry import (
+    Volume,
+    VolumeError,
+    check_label_matches,
+    index_in_grid,
+    index_to_world,
+    volume_from_sitk,
+    volume_to_sitk,
+    world_to_index,
+    world_to_nearest_index,
+)
+
+__all__ = [
+    "READ_SUFFIXES",
+    "WRITE_SUFFIXES",
+    "Volume",
+    "VolumeError",
+    "check_label_matches",
+    "file_suffix",
+    "index_in_grid",
+    "index_to_world",
+    "list_dicom_series",
+    "read_rtstruct",
+    "read_volume",
+    "volume_from_sitk",
+    "volume_to_sitk",
+    "world_to_index",
+    "world_to_nearest_index",
+    "write_labels",
+    "write_volume",
+]
+
+logger = logging.getLogger(__name__)
+
+_FORMATS = {
+    ".nii.gz": "nifti",
+    ".nii": "nifti",
+    ".nrrd": "nrrd",
+    ".nhdr": "nrrd",
+    ".mha": "metaimage",
+    ".mhd": "metaimage",
+    ".dcm": "dicom",
+}
+READ_SUFFIXES: tuple[str, ...] = tuple(_FORMATS)
+# Single-file formats only, so that the write can be atomic (.nhdr/.mhd have a data sidecar).
+WRITE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def file_suffix(path: str | os.PathLike) -> str:
+    """The lower-case volume suffix of ``path`` (``".nii.gz"`` counts as one), or ``""``."""
+    name = Path(path).name.lower()
+    for suffix in sorted(_FORMATS, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix
+    return Path(name).suffix
+
+
+def read_volume(
+    path: str | os.PathLike,
+    series_uid: str | None = None,
+    component: int | None = None,
+    allow_nonfinite: bool = False,
+) -> Volume:
+    """Read a 3D volume with its geometry.
+
+    Args:
+        path: A NIfTI/NRRD/MetaImage file, a folder holding a DICOM series, or one ``.dcm``
+            file (its whole series is read).
+        series_uid: For a DICOM folder holding several series: the SeriesInstanceUID to read.
+        component: For 4D files (several volumes, e.g. time points or modalities) or
+            multi-component pixels: which volume to read, from 0.
+        allow_nonfinite: Accept NaN/Inf voxels instead of raising.
+
+    Returns:
+        The :class:`Volume` (array ``(z, y, x)`` in the file's own dtype, CT in HU for DICOM).
+
+    Raises:
+        VolumeError: missing, unreadable or truncated file; unsupported suffix; empty DICOM
+            folder; several DICOM series and no ``series_uid``; 4D data and no
+            ``component``; NaN/Inf voxels.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VolumeError(f"{path}: no such file or folder")
+    if path.is_dir():
+        vol = read_dicom_series(path, series_uid)
+    else:
+        suffix = file_suffix(path)
+        kind = _FORMATS.get(suffix)
+        if kind is None:
+            raise VolumeError(
+                f"{path}: unsupported file type {suffix or '(no suffix)'!r}; "
+                f"expected one of {', '.join(READ_SUFFIXES)} or a DICOM folder"
+            )
+        if kind == "dicom":
+            vol = read_dicom_series(path.parent, series_uid or _series_uid_of(path))
+        else:
+            vol = _read_file(path, kind, component)
+    if not allow_nonfinite:
+        _check_finite(vol)
+    return vol
+
+
+def _series_uid_of(path: Path) -> str:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        return reader.GetMetaData("0020|000e").strip()
+    except RuntimeError as err:
+        raise VolumeError(f"{path}: not a readable DICOM image ({_first_line(err)})") from err
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Raise if a NIfTI file holds fewer data bytes than its header promises.
+
+    ITK pads a truncated NIfTI with zeros instead of failing, so this is checked first: from
+    the file size (``.nii``) or the gzip trailer's uncompressed size (``.nii.gz``, confirmed by
+    decompressing only when the trailer disagrees).
+    """
+    import nibabel
+
+    try:
+        proxy = nibabel.load(str(path)).dataobj  # reads the header only
+        nbytes = int(np.prod(proxy.shape, dtype=np.int64)) * np.dtype(proxy.dtype).itemsize
+        expected = int(proxy.offset) + nbytes
+    except Exception as err:  # nibabel raises many types for a bad header
+        raise VolumeError(f"{path}: not a readable NIfTI file ({_first_line(err)})") from err
+    if path.name.lower().endswith(".gz"):
+        with open(path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            trailer = int.from_bytes(fh.read(4), "little")
+        if trailer == expected % 2**32:
+            return
+        actual = 0
+        try:
+            with gzip.open(path, "rb") as gz:
+                while chunk := gz.read(1 << 16):
+                    actual += len(chunk)
+        except (OSError, EOFError, zlib.error):
+            pass  # a truncated stream ends early; `actual` counts what could be read
+    else:
+        actual = path.stat().st_size
+    if actual < expected:
+        raise VolumeError(
+            f"{path}: truncated NIfTI file: only {actual} of the {expected} bytes "
+            "its header promises could be read"
+        )
+
+
+def _read_file(path: Path, kind: str, component: int | None) -> Volume:
+    if kind == "nifti":
+        _check_nifti_complete(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        image = reader.Execute()
+    except RuntimeError as err:
+        raise VolumeError(
+            f"{path}: cannot read the {kind} file; it may be truncated or corrupt "
+            f"({_first_line(err)})"
+        ) from err
+    image, meta = _select_component(image, path, component)
+    if image.GetDimension() == 2:
+        image = sitk.JoinSeries(image)
+    if image.GetDimension() != 3:
+        raise VolumeError(f"{path}: expected a 3D image, got {image.GetDimension()}D")
+    vol = volume_from_sitk(image, path)
+    vol.metadata.update(format=kind, pixel_type=image.GetPixelIDTypeAsString(), **meta)
+    return vol
+
+
+def _select_component(
+    image: sitk.Image, path: Path, component: int | None
+) -> tuple[sitk.Image, dict]:
+    """Reduce a 4D image or a multi-component pixel to the requested 3D volume."""
+    n_vec = image.GetNumberOfComponentsPerPixel()
+    n_4d = image.GetSize()[3] if image.GetDimension() == 4 else 1
+    count = max(n_vec, n_4d)
+    if count == 1:
+        if image.GetDimension() == 4:
+            image = image[:, :, :, 0]
+        if component not in (None, 0):
+            raise VolumeError(f"{path}: holds one volume; component={component} does not exist")
+        return image, {}
+    if component is None:
+        layout = (
+            f"a 4D image of size (x, y, z, t) {image.GetSize()}"
+            if n_4d > 1
+            else f"{n_vec} components per voxel"
+        )
+        raise VolumeError(
+            f"{path}: holds {count} volumes ({layout}); choose one with "
+            f"read_volume(path, component=k), k in 0..{count - 1}"
+        )
+    if not 0 <= component < count:
+        raise VolumeError(f"{path}: component={component} out of range 0..{count - 1}")
+    if n_vec > 1:
+        image = sitk.VectorIndexSelectionCast(image, component)
+    else:
+        image = image[:, :, :, component]
+    return image, {"component": component, "n_components": count}
+
+
+def _check_finite(vol: Volume) -> None:
+    if vol.array.dtype.kind not in "fc":
+        return
+    bad = int(np.count_nonzero(~np.isfinite(vol.array)))
+    if bad:
+        n_nan = int(np.count_nonzero(np.isnan(vol.array)))
+        raise VolumeError(
+            f"{vol._name()}: {bad} of {vol.array.size} voxels are not finite "
+            f"({n_nan} NaN, {bad - n_nan} Inf); fix the file or pass allow_nonfinite=True"
+        )
+
+
+def write_volume(vol: Volume, path: str | os.PathLike, compress: bool = True) -> Path:
+    """Write ``vol`` atomically to NIfTI/NRRD/MetaImage, chosen by the suffix of ``path``.
+
+    The data go to a temporary file in the same folder (same suffix, so SimpleITK picks the
+    right writer), which then replaces ``path`` in one step; on failure nothing is left over.
+
+    Args:
+        vol: The volume; its spacing, origin and direction are written unchanged.
+        path: Target file ending in one of :data:`WRITE_SUFFIXES`.
+        compress: gzip the voxel data where the format allows (NRRD, MetaImage).
+
+    Returns:
+        The written path.
+
+    Raises:
+        VolumeError: unsupported suffix, missing folder, or a failed write.
+    """
+    path = Path(path)
+    suffix = file_suffix(path)
+    if suffix not in WRITE_SUFFIXES:
+        raise VolumeError(
+            f"{path}: cannot write {suffix or '(no suffix)'!r}; "
+            f"expected one of {', '.join(WRITE_SUFFIXES)}"
+        )
+    if not path.parent.is_dir():
+        raise VolumeError(f"{path}: folder {path.parent} does not exist")
+    image = volume_to_sitk(vol)
+    # Not mkstemp: its 0600 mode would stick to the result; SimpleITK creates the file normally.
+    tmp_name = str(path.parent / f".tmp-{uuid.uuid4().hex[:12]}{suffix}")
+    try:
+        sitk.WriteImage(image, tmp_name, compress)
+        os.replace(tmp_name, path)
+    except (RuntimeError, OSError) as err:
+        raise VolumeError(f"{path}: writing failed ({_first_line(err)})") from err
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    logger.info("wrote %s %s (z, y, x) %s", path, vol.array.shape, vol.array.dtype)
+    return path
+
+
+def write_labels(
+    labels: np.ndarray, reference: Volume, path: str | os.PathLike, compress: bool = True
+) -> Path:
+    """Write a label map on exactly the reference image's grid (atomic, format by suffix).
+
+    Args:
+        labels: Integer or boolean labels, shape ``(z, y, x)`` = ``reference.array.shape``.
+            Stored as uint8 when the values fit, else uint16 / int32.
+        reference: The image the labels annotate; its spacing, origin and direction are used.
+        path: Target ``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha`` file.
+        compress: gzip the voxel data where the format allows.
+
+    Returns:
+        The written path.
+
+    Raises:
+        VolumeError: wrong shape, non-integer or negative-overflowing values, or a failed write.
+    """
+    labels = np.asarray(labels)
+    if labels.shape != reference.array.shape:
+        raise VolumeError(
+            f"{path}: label shape {labels.shape} (z, y, x) does not match the reference "
+            f"{reference._name()} shape {reference.array.shape}"
+        )
+    return write_volume(reference.with_array(_label_dtype(labels, path)), path, compress)
+
+
+def _label_dtype(labels: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    if labels.dtype == bool:
+        return labels.astype(np.uint8)
+    if labels.dtype.kind == "f":
+        if not np.all(np.isfinite(labels) & (labels == np.round(labels))):
+            raise VolumeError(f"{path}: labels must be integers, got non-integer {labels.dtype}")
+    elif labels.dtype.kind not in "iu":
+        raise VolumeError(f"{path}: labels must be integers, got dtype {labels.dtype}")
+    lo, hi = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    for dtype in (np.uint8, np.uint16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return labels.astype(dtype, copy=False)
+    raise VolumeError(f"{path}: label values {lo}..{hi} do not fit in int32")
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    # ITK messages put the useful sentence last ("... : Could not create IO object ...").
+    return lines[-1] if lines else type(err).__name__
