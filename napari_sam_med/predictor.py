@@ -1,0 +1,235 @@
+"""SamPredictor: embed one 2D image once, then turn prompts into masks quickly.
+
+Numpy at the edge, torch inside. Prompts are in ``(x, y)`` pixels of the ORIGINAL image;
+masks come back at the original size. The image embedding is cached until
+:meth:`SamPredictor.reset_image` or the next :meth:`SamPredictor.set_image`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .modeling import Sam
+from .preprocessing import ImageGeometry, geometry_for, low_res_to_original, prepare_image
+
+logger = logging.getLogger(__name__)
+
+MASK_THRESHOLD = 0.0
+
+
+class SamPredictor:
+    """Prompt-to-mask on a single image with a cached embedding.
+
+    Args:
+        model: a model from :func:`napari_sam_med.build_sam` (it carries ``model.config``).
+    """
+
+    def __init__(self, model: Sam) -> None:
+        if not hasattr(model, "config"):
+            raise ValueError("SamPredictor needs a model built by build_sam (it has no .config)")
+        self.model = model
+        self.config = model.config
+        self.reset_image()
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model's parameters live on."""
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ image
+    def set_image(self, image: np.ndarray) -> None:
+        """Compute and cache the embedding of an ``(H, W)`` or ``(H, W, 3)`` image.
+
+        Values should lie in ``[0, 255]`` (use ``preprocessing.apply_intensity`` for CT/MR).
+
+        Raises:
+            ValueError: wrong shape, empty image, or NaN/Inf values.
+        """
+        arr = np.asarray(image)
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3)):
+            raise ValueError(f"image must be (H, W) or (H, W, 3); got shape {arr.shape}")
+        if arr.shape[0] < 2 or arr.shape[1] < 2:
+            raise ValueError(f"image is too small: shape {arr.shape}")
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            raise ValueError(
+                f"image contains {int((~np.isfinite(arr)).sum())} NaN/Inf values; cannot embed it"
+            )
+        x, geom = prepare_image(arr, self.config, self.device)
+        with torch.inference_mode():
+            emb = self.model.image_encoder(x)
+        self.set_embedding(emb, geom)
+
+    def set_embedding(self, embedding: torch.Tensor, geometry: ImageGeometry) -> None:
+        """Use a precomputed ``(1, C, h, w)`` embedding (e.g. from the volume cache)."""
+        c, s = self.config.embed_dim, self.config.image_embedding_size
+        if tuple(embedding.shape) != (1, c, s, s):
+            raise ValueError(
+                f"embedding must have shape (1, {c}, {s}, {s}); got {tuple(embedding.shape)}"
+            )
+        self.features = embedding.to(self.device, torch.float32)
+        self.geometry = geometry
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """The cached ``(1, C, h, w)`` embedding."""
+        self._require_image()
+        return self.features
+
+    def reset_image(self) -> None:
+        """Forget the cached image and embedding."""
+        self.features: torch.Tensor | None = None
+        self.geometry: ImageGeometry | None = None
+        self.is_image_set = False
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise ValueError("no image is set: call set_image(image) before predicting")
+
+    # ---------------------------------------------------------------- prompts
+    def predict(
+        self,
+        point_coords: np.ndarray | Sequence | None = None,
+        point_labels: np.ndarray | Sequence | None = None,
+        box: np.ndarray | Sequence | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predict masks for one set of prompts on the current image.
+
+        Args:
+            point_coords: ``(N, 2)`` ``(x, y)`` pixels of the original image.
+            point_labels: ``(N,)``; 1 foreground, 0 background.
+            box: ``(4,)`` ``(x0, y0, x1, y1)`` pixels of the original image.
+            mask_input: ``(1, s, s)`` or ``(s, s)`` low-res logits from a previous call
+                (``s = 4 * image_embedding_size``, 256 for the public models).
+            multimask_output: return the three ambiguity masks instead of one.
+            return_logits: return float logits instead of boolean masks.
+
+        Returns:
+            ``masks (K, H, W)`` bool (or float logits), ``iou_predictions (K,)`` float32 and
+            ``low_res_logits (K, s, s)`` float32, with K = 3 or 1.
+
+        Raises:
+            ValueError: no image set, empty prompt, wrong shapes, NaNs, prompts outside the image.
+        """
+        self._require_image()
+        coords_t, labels_t, box_t, mask_t = self._validate_prompts(
+            point_coords, point_labels, box, mask_input
+        )
+        masks, iou, low = self.predict_torch(
+            coords_t, labels_t, box_t, mask_t, multimask_output, return_logits
+        )
+        return (
+            masks[0].cpu().numpy(),
+            iou[0].float().cpu().numpy(),
+            low[0].float().cpu().numpy(),
+        )
+
+    def _validate_prompts(self, point_coords, point_labels, box, mask_input):
+        geom = self.geometry
+        h, w = geom.original_size
+        coords_t = labels_t = box_t = mask_t = None
+        if point_coords is None and box is None and mask_input is None:
+            raise ValueError("empty prompt: give point_coords/point_labels, a box, or mask_input")
+        if (point_coords is None) != (point_labels is None):
+            raise ValueError("point_coords and point_labels must be given together")
+        if point_coords is not None:
+            pts = (
+                _finite_array(point_coords, "point_coords").reshape(-1, 2)
+                if np.size(point_coords)
+                else np.zeros((0, 2), np.float32)
+            )
+            labels = np.asarray(point_labels).reshape(-1)
+            if len(pts) == 0 and box is None and mask_input is None:
+                raise ValueError("empty prompt: point_coords has no points and there is no box")
+            if labels.shape[0] != pts.shape[0]:
+                raise ValueError(
+                    f"point_labels has {labels.shape[0]} entries for {pts.shape[0]} points"
+                )
+            if not np.isin(labels, (0, 1)).all():
+                raise ValueError(
+                    f"point_labels must be 0 (background) or 1 (foreground); got "
+                    f"{sorted(set(labels.tolist()))}"
+                )
+            _check_inside(pts, w, h, "point")
+            coords_t = torch.as_tensor(geom.coords_to_input(pts), device=self.device)[None]
+            labels_t = torch.as_tensor(labels, dtype=torch.int64, device=self.device)[None]
+        if box is not None:
+            b = _finite_array(box, "box").reshape(-1)
+            if b.shape != (4,):
+                raise ValueError(f"box must be (x0, y0, x1, y1); got {np.asarray(box).tolist()}")
+            if b[2] < b[0] or b[3] < b[1]:
+                raise ValueError(
+                    f"box {b.tolist()} has x1 < x0 or y1 < y0; expected (x0, y0, x1, y1)"
+                )
+            _check_inside(b.reshape(2, 2), w, h, "box corner")
+            box_t = torch.as_tensor(geom.boxes_to_input(b), device=self.device)[None]
+        if mask_input is not None:
+            m = _finite_array(mask_input, "mask_input")
+            s = self.config.mask_input_size
+            if m.shape not in ((s, s), (1, s, s)):
+                raise ValueError(f"mask_input must be ({s}, {s}) low-res logits; got {m.shape}")
+            mask_t = torch.as_tensor(m.reshape(1, 1, s, s), device=self.device)
+        return coords_t, labels_t, box_t, mask_t
+
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batched prediction with prompts ALREADY in model-input coordinates.
+
+        Use ``self.geometry.coords_to_input`` / ``boxes_to_input`` to transform them.
+
+        Args:
+            point_coords: ``(B, N, 2)`` float, or None.
+            point_labels: ``(B, N)`` int, or None.
+            boxes: ``(B, 4)`` float, or None.
+            mask_input: ``(B, 1, s, s)`` low-res logits, or None.
+
+        Returns:
+            ``masks (B, K, H, W)``, ``iou_predictions (B, K)``, ``low_res_logits (B, K, s, s)``.
+        """
+        self._require_image()
+        points = (point_coords, point_labels) if point_coords is not None else None
+        with torch.inference_mode():
+            low, iou = self.model.decode(
+                self.features,
+                points=points,
+                boxes=boxes,
+                masks=mask_input,
+                multimask_output=multimask_output,
+            )
+            masks = low_res_to_original(low, self.geometry)
+        if not return_logits:
+            masks = masks > MASK_THRESHOLD
+        return masks, iou, low
+
+    def geometry_for(self, shape_hw: tuple[int, int]) -> ImageGeometry:
+        """Geometry of an ``(H, W)`` image for this model (no embedding computed)."""
+        return geometry_for(shape_hw, self.config)
+
+
+def _finite_array(value, name: str) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or Inf: {np.asarray(value).tolist()}")
+    return arr
+
+
+def _check_inside(xy: np.ndarray, w: int, h: int, what: str) -> None:
+    bad = (xy[:, 0] < 0) | (xy[:, 0] > w) | (xy[:, 1] < 0) | (xy[:, 1] > h)
+    if bad.any():
+        raise ValueError(
+            f"{what} {xy[bad][0].tolist()} (x, y) lies outside the image of width {w} and "
+            f"height {h}; coordinates are (x, y) pixels of the original image"
+        )
