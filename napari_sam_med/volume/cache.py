@@ -1,0 +1,185 @@
+"""Per-slice image-embedding cache: lazy, in memory with a size cap, and on disk.
+
+Keys combine the volume's content hash, the model id and weights hash, the intensity
+preset (and its value range), the slicing axis and the slice index. On disk every slice is
+its own ``.npz`` (float16, zip CRC-checked), written atomically; an entry that fails to
+load, has the wrong shape or holds non-finite values is recomputed, never trusted.
+
+The cache folder is ``$NAPARI_SAM_MED_CACHE`` or ``$XDG_CACHE_HOME/napari-sam-med``
+(``~/.cache/napari-sam-med`` by default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+_WEIGHTS_HASHES: dict[tuple, str] = {}
+
+
+def default_cache_dir() -> Path:
+    """The user cache folder (not created here)."""
+    env = os.environ.get("NAPARI_SAM_MED_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "napari-sam-med"
+
+
+def array_hash(array: np.ndarray) -> str:
+    """Content hash of an array (dtype, shape and bytes)."""
+    arr = np.ascontiguousarray(array)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{arr.dtype.str}{arr.shape}".encode())
+    h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+def model_weights_id(model: Any) -> str:
+    """A stable id of a model's configuration and weights.
+
+    Uses the checkpoint file's SHA-256 when the model came from a file (memoised by path,
+    size and mtime), otherwise hashes the state dict itself.
+    """
+    cfg = getattr(model, "config", None)
+    name = getattr(cfg, "name", "model")
+    norm = getattr(cfg, "normalization", "")
+    path = getattr(model, "checkpoint_path", None)
+    if path and os.path.isfile(path):
+        st = os.stat(path)
+        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+        if key not in _WEIGHTS_HASHES:
+            h = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            _WEIGHTS_HASHES[key] = h.hexdigest()[:16]
+        return f"{name}-{norm}-{_WEIGHTS_HASHES[key]}"
+    h = hashlib.blake2b(digest_size=8)
+    for k, v in model.image_encoder.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes()[:4096])
+        h.update(str(float(v.float().sum())).encode())
+    return f"{name}-{norm}-rand{h.hexdigest()}"
+
+
+class EmbeddingCache:
+    """In-memory LRU (byte-capped) in front of an optional on-disk store.
+
+    Args:
+        cache_dir: root folder for the disk store; ``None`` keeps embeddings in memory only.
+        memory_bytes: cap of the in-memory LRU (default 512 MiB).
+    """
+
+    def __init__(
+        self, cache_dir: str | os.PathLike | None = None, memory_bytes: int = 512 * 2**20
+    ) -> None:
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.memory_bytes = int(memory_bytes)
+        self._mem: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
+        self._mem_used = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = self.disk_hits = self.rejected = 0
+
+    @staticmethod
+    def volume_key(
+        volume_hash: str, model_id: str, preset: str, value_range: tuple[float, float], axis: int
+    ) -> str:
+        """The key of one volume's embeddings (everything except the slice index)."""
+        text = json.dumps(
+            [volume_hash, model_id, preset, [round(float(v), 6) for v in value_range], int(axis)]
+        )
+        return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+    def _path(self, key: str, index: int) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / "embeddings" / key / f"slice_{index:05d}.npz"
+
+    def get(self, key: str, index: int, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """A cached ``shape`` float32 embedding, or None (a bad disk entry is discarded)."""
+        with self._lock:
+            t = self._mem.get((key, index))
+            if t is not None:
+                self._mem.move_to_end((key, index))
+                self.hits += 1
+                return t
+        path = self._path(key, index)
+        if path is not None and path.is_file():
+            arr = self._read(path, shape)
+            if arr is not None:
+                t = torch.from_numpy(arr.astype(np.float32))
+                self._remember(key, index, t)
+                self.disk_hits += 1
+                return t
+        self.misses += 1
+        return None
+
+    def _read(self, path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arr = data["embedding"]
+            if tuple(arr.shape) != tuple(shape) or not np.isfinite(arr).all():
+                raise ValueError(f"shape {arr.shape} (expected {shape}) or non-finite values")
+            return arr
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            logger.warning("discarding corrupt embedding cache entry %s: %s", path, exc)
+            self.rejected += 1
+            try:
+                path.unlink()
+            except OSError:
+                pass
+            return None
+
+    def put(self, key: str, index: int, embedding: torch.Tensor) -> None:
+        """Store a float embedding (memory always; disk when configured, atomically)."""
+        t = embedding.detach().float().cpu()
+        self._remember(key, index, t)
+        path = self._path(key, index)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, embedding=t.numpy().astype(np.float16))
+            os.replace(tmp, path)
+        except OSError as exc:  # a full or read-only disk must not stop segmentation
+            logger.warning("could not write embedding cache %s: %s", path, exc)
+
+    def _remember(self, key: str, index: int, t: torch.Tensor) -> None:
+        size = t.numel() * t.element_size()
+        with self._lock:
+            if (key, index) in self._mem:
+                return
+            self._mem[(key, index)] = t
+            self._mem_used += size
+            while self._mem_used > self.memory_bytes and len(self._mem) > 1:
+                _, old = self._mem.popitem(last=False)
+                self._mem_used -= old.numel() * old.element_size()
+
+    def contains(self, key: str, index: int) -> bool:
+        """Whether an entry exists in memory or on disk (without validating it)."""
+        if (key, index) in self._mem:
+            return True
+        path = self._path(key, index)
+        return path is not None and path.is_file()
+
+    def clear_memory(self) -> None:
+        """Drop the in-memory entries (the disk store is kept)."""
+        with self._lock:
+            self._mem.clear()
+            self._mem_used = 0

@@ -1,0 +1,331 @@
+"""The 3D engine: prompts on one or more slices become a 3D mask by propagation.
+
+Every mode is a generator that yields :class:`Progress` after each slice, so a GUI gets
+progress and cancellation (stop iterating) for free and the CLI wraps it in tqdm. Results
+accumulate in an :class:`~napari_sam_med.volume.objects.ObjectSegmentation`.
+
+Modes:
+    * :meth:`Propagator.box3d` - a 3D box ``[x0, y0, z0, x1, y1, z1]`` (inclusive voxel
+      indices): the middle slice from its 2D box, then both ways inside the z-range, each
+      slice prompted by the previous mask's box (clipped to the 3D box) and its logits.
+    * :meth:`Propagator.key_slices` - prompts on one or several slices: propagate between
+      them (meeting half-way) and beyond them until the object ends (empty mask, low
+      predicted IoU or stability, an abrupt area or centroid jump) or the volume's edge.
+    * :meth:`Propagator.correct` - new points or a box on any slice: re-segment it and
+      re-propagate outward only as far as the result changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .objects import ObjectSegmentation
+from .slices import SlicePrediction, SliceSegmenter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """One step of a running job: ``done`` of ``total`` slices (total may be unknown)."""
+
+    done: int
+    total: int | None
+    z: int
+    message: str = ""
+
+
+@dataclass
+class PropagationSettings:
+    """Knobs of the propagation (defaults tuned on the dev set; see benchmarks/).
+
+    Attributes:
+        box_margin: pixels (on the model-input grid) added around the previous mask's box.
+        use_mask_prompt: feed the previous slice's low-res logits as the mask prompt.
+        min_area: a mask with fewer pixels counts as empty.
+        min_iou / min_stability: stop below these (modes without a z-range).
+        max_area_growth: stop when the area grows by more than this factor in one slice.
+        max_centroid_shift: stop when the centroid moves more than this fraction of the
+            previous mask's equivalent diameter.
+        change_tol: a correction stops re-propagating where Dice(new, old) >= this.
+    """
+
+    box_margin: float = 3.0
+    use_mask_prompt: bool = False
+    min_area: int = 4
+    min_iou: float = 0.5
+    min_stability: float = 0.5
+    max_area_growth: float = 2.5
+    max_centroid_shift: float = 0.6
+    change_tol: float = 0.97
+
+
+class Propagator:
+    """Runs the 3D modes of one :class:`SliceSegmenter`."""
+
+    def __init__(self, segmenter: SliceSegmenter, settings: PropagationSettings | None = None):
+        self.seg = segmenter
+        self.settings = settings or PropagationSettings()
+
+    # ----------------------------------------------------------------- modes
+    def box3d(self, obj: ObjectSegmentation, box: list[float] | np.ndarray) -> Iterator[Progress]:
+        """Segment ``obj`` inside a 3D box ``[x0, y0, z0, x1, y1, z1]`` (inclusive indices)."""
+        x0, y0, z0, x1, y1, z1 = self._check_box3d(box)
+        zm = (z0 + z1) // 2
+        prompt = {"box": [x0, y0, x1, y1], "box3d": [x0, y0, z0, x1, y1, z1]}
+        obj.key_prompts = {zm: prompt}
+        yield from self.key_slices(obj, z_range=(z0, z1), clip=(x0, y0, x1, y1))
+
+    def key_slices(
+        self,
+        obj: ObjectSegmentation,
+        z_range: tuple[int, int] | None = None,
+        clip: tuple[float, float, float, float] | None = None,
+    ) -> Iterator[Progress]:
+        """(Re)build ``obj`` from all of its ``key_prompts``.
+
+        Args:
+            obj: its ``key_prompts`` hold ``{z: {"box": [...], "points": [[x, y]...],
+                "point_labels": [...]}}``.
+            z_range: inclusive ``(z0, z1)`` limits; None propagates until the object ends.
+            clip: ``(x0, y0, x1, y1)`` limits for every mask (e.g. a 3D box's extent).
+        """
+        if not obj.key_prompts:
+            raise ValueError("no prompts: add a box or points on at least one slice")
+        keys = sorted(self.seg.check_index(z) for z in obj.key_prompts)
+        lo, hi = (0, self.seg.num_slices - 1) if z_range is None else z_range
+        obj.slices = {}
+        obj.stop_reasons = {}
+        total = (hi - lo + 1) if z_range is not None else None
+        done = 0
+        for z in keys:
+            obj.slices[z] = self._predict_key(obj, z, clip)
+            done += 1
+            yield Progress(done, total, z, "key slice")
+        for a, b in zip(keys[:-1], keys[1:], strict=True):
+            mid = (a + b) // 2
+            for z in self._walk(obj, a, +1, mid, clip, stops=False):
+                done += 1
+                yield Progress(done, total, z, "between key slices")
+            for z in self._walk(obj, b, -1, mid + 1, clip, stops=False):
+                done += 1
+                yield Progress(done, total, z, "between key slices")
+        for start, step, limit, name in ((keys[0], -1, lo, "down"), (keys[-1], +1, hi, "up")):
+            walker = self._walk(obj, start, step, limit, clip, stops=z_range is None, name=name)
+            for z in walker:
+                done += 1
+                yield Progress(done, total, z, f"propagating {name}")
+
+    def correct(
+        self,
+        obj: ObjectSegmentation,
+        z: int,
+        points: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        box: list[float] | None = None,
+        clip: tuple[float, float, float, float] | None = None,
+    ) -> Iterator[Progress]:
+        """Add points (and/or replace the box) on slice ``z`` and re-propagate as needed."""
+        z = self.seg.check_index(z)
+        prompt = dict(obj.key_prompts.get(z, {}))
+        if box is not None:
+            prompt["box"] = [float(v) for v in box]
+        if points is not None and len(points):
+            prompt["points"] = list(prompt.get("points", [])) + np.asarray(points).tolist()
+            prompt["point_labels"] = list(prompt.get("point_labels", [])) + [
+                int(v) for v in np.asarray(labels).ravel()
+            ]
+        if "box" not in prompt and z in obj.slices and obj.slices[z].area:
+            prompt["box"] = self._box_around(obj.slices[z].mask, clip)
+        if not prompt.get("box") and not prompt.get("points"):
+            raise ValueError(f"correction on slice {z} has no points and no box")
+        obj.key_prompts[z] = prompt
+        obj.slices[z] = self._predict_key(obj, z, clip, correction=True)
+        yield Progress(1, None, z, "corrected slice")
+        done = 1
+        for step in (-1, +1):
+            for zz in self._repropagate(obj, z, step, clip):
+                done += 1
+                yield Progress(done, None, zz, "re-propagating")
+
+    # --------------------------------------------------------------- helpers
+    def _check_box3d(self, box) -> tuple[float, float, int, float, float, int]:
+        b = np.asarray(box, dtype=float).ravel()
+        if b.shape != (6,) or not np.isfinite(b).all():
+            raise ValueError(
+                f"box3d must be [x0, y0, z0, x1, y1, z1]; got {np.asarray(box).tolist()}"
+            )
+        x0, y0, z0, x1, y1, z1 = b.tolist()
+        h, w = self.seg.slice_shape
+        if x1 < x0 or y1 < y0 or z1 < z0:
+            raise ValueError(f"box3d {b.tolist()} has a max corner below its min corner")
+        if x0 < 0 or y0 < 0 or z0 < 0 or x1 > w - 1 or y1 > h - 1 or z1 > self.seg.num_slices - 1:
+            raise ValueError(
+                f"box3d {b.tolist()} lies outside the volume (x 0..{w - 1}, y 0..{h - 1}, "
+                f"z 0..{self.seg.num_slices - 1}); coordinates are inclusive voxel indices"
+            )
+        return x0, y0, int(round(z0)), x1, y1, int(round(z1))
+
+    def _predict_key(
+        self, obj: ObjectSegmentation, z: int, clip, correction: bool = False
+    ) -> SlicePrediction:
+        p = obj.key_prompts[z]
+        pts = np.asarray(p["points"], dtype=np.float32) if p.get("points") else None
+        lab = np.asarray(p["point_labels"], dtype=np.int64) if p.get("points") else None
+        box = _corner_box(p["box"]) if p.get("box") else None
+        prev = obj.slices.get(z)
+        mask_in = (
+            prev.logits[None]
+            if (correction and prev is not None and self.settings.use_mask_prompt)
+            else None
+        )
+        source = "correction" if correction else ("box" if box is not None else "points")
+        pred = self.seg.predict(
+            z,
+            box=box,
+            points=pts,
+            labels=lab,
+            mask_input=mask_in,
+            source=source,
+            multimask=box is None and pts is not None and len(pts) == 1,
+        )
+        pred.prompt.pop("candidates", None)
+        return self._clip(pred, clip)
+
+    def _box_around(self, mask: np.ndarray, clip) -> list[float]:
+        ys, xs = np.nonzero(mask)
+        scale = max(self.seg.slice_shape) / self.seg.config.img_size
+        m = self.settings.box_margin * scale
+        h, w = self.seg.slice_shape
+        box = [
+            max(xs.min() - m, 0.0),
+            max(ys.min() - m, 0.0),
+            min(xs.max() + m, w - 1.0),
+            min(ys.max() + m, h - 1.0),
+        ]
+        if clip is not None:
+            box = [
+                max(box[0], clip[0]),
+                max(box[1], clip[1]),
+                min(box[2], clip[2]),
+                min(box[3], clip[3]),
+            ]
+        return [float(v) for v in box]
+
+    def _step(self, prev: SlicePrediction, z: int, clip) -> SlicePrediction:
+        box = self._box_around(prev.mask, clip)
+        mask_in = prev.logits[None] if self.settings.use_mask_prompt else None
+        pred = self.seg.predict(
+            z, box=np.asarray(box, np.float32), mask_input=mask_in, source="propagated"
+        )
+        return self._clip(pred, clip)
+
+    def _clip(self, pred: SlicePrediction, clip) -> SlicePrediction:
+        if clip is not None:
+            x0, y0, x1, y1 = (int(round(v)) for v in clip)
+            keep = np.zeros_like(pred.mask)
+            keep[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
+            pred.mask &= keep
+        return pred
+
+    def _stop_reason(self, prev: SlicePrediction, pred: SlicePrediction) -> str | None:
+        s = self.settings
+        if pred.area < s.min_area:
+            return "empty"
+        if pred.iou < s.min_iou:
+            return "low_iou"
+        if pred.stability < s.min_stability:
+            return "low_stability"
+        if pred.area > s.max_area_growth * max(prev.area, 1):
+            return "area_jump"
+        c0, c1 = _centroid(prev.mask), _centroid(pred.mask)
+        diam = 2.0 * np.sqrt(max(prev.area, 1) / np.pi)
+        if np.hypot(*(c1 - c0)) > s.max_centroid_shift * diam:
+            return "centroid_jump"
+        return None
+
+    def _walk(
+        self,
+        obj: ObjectSegmentation,
+        start: int,
+        step: int,
+        limit: int,
+        clip,
+        stops: bool,
+        name: str | None = None,
+    ) -> Iterator[int]:
+        """Propagate from ``start`` (exclusive) towards ``limit`` (inclusive)."""
+        prev = obj.slices[start]
+        z = start + step
+        reason = "z_range" if not stops else "volume_edge"
+        while (z <= limit) if step > 0 else (z >= limit):
+            if prev.area < self.settings.min_area:
+                reason = "empty"
+                break
+            pred = self._step(prev, z, clip)
+            if stops:
+                why = self._stop_reason(prev, pred)
+                if why is not None:
+                    reason = why
+                    break
+            elif pred.area < self.settings.min_area:
+                reason = "empty"
+                break
+            obj.slices[z] = pred
+            yield z
+            prev = pred
+            z += step
+        if name is not None:
+            obj.stop_reasons[name] = reason
+
+    def _repropagate(self, obj: ObjectSegmentation, z: int, step: int, clip) -> Iterator[int]:
+        prev = obj.slices[z]
+        zz = z + step
+        while 0 <= zz < self.seg.num_slices and zz not in obj.key_prompts:
+            old = obj.slices.get(zz)
+            if prev.area < self.settings.min_area:
+                if old is not None:
+                    del obj.slices[zz]
+                    yield zz
+                    zz += step
+                    continue
+                break
+            pred = self._step(prev, zz, clip)
+            if old is None and self._stop_reason(prev, pred) is not None:
+                break
+            if pred.area < self.settings.min_area:
+                obj.slices.pop(zz, None)
+            else:
+                obj.slices[zz] = pred
+            yield zz
+            if old is not None and _dice(old.mask, pred.mask) >= self.settings.change_tol:
+                break
+            prev = pred
+            zz += step
+
+
+def run(job: Iterator[Progress]) -> list[Progress]:
+    """Consume a job to the end (no progress display); returns the progress events."""
+    return list(job)
+
+
+def _corner_box(box: Any) -> np.ndarray:
+    b = np.asarray(box, dtype=np.float32).ravel()
+    if b.shape != (4,):
+        raise ValueError(f"box must be [x0, y0, x1, y1]; got {np.asarray(box).tolist()}")
+    return b
+
+
+def _centroid(mask: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.mean(), ys.mean()]) if len(xs) else np.zeros(2)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s

@@ -1,0 +1,209 @@
+"""A volume seen by a model: lazily normalised slices, cached embeddings, 2D predictions.
+
+:class:`SliceSegmenter` is the bridge between a ``(z, y, x)`` volume and the 2D predictor.
+It maps each needed slice with the volume-wide intensity range, embeds it only when asked
+(through :class:`~napari_sam_med.volume.cache.EmbeddingCache`), and predicts masks from
+prompts in ``(x, y)`` pixels of that slice. It knows nothing of GUIs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..predictor import SamPredictor
+from ..preprocessing import (
+    ImageGeometry,
+    apply_intensity,
+    get_preset,
+    intensity_range,
+    prepare_image,
+)
+from .cache import EmbeddingCache, array_hash, model_weights_id
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SlicePrediction:
+    """One slice's result.
+
+    Attributes:
+        z: slice index along the segmentation axis.
+        mask: ``(H, W)`` bool mask at the slice's full size.
+        logits: ``(S, S)`` float32 low-res logits (the next mask prompt).
+        iou: predicted IoU of the chosen mask.
+        stability: stability score of the chosen mask (logit offset 1.0).
+        source: what produced it (``"box"``, ``"points"``, ``"propagated"``, ``"correction"``...).
+        prompt: the prompt that was used, JSON-friendly.
+    """
+
+    z: int
+    mask: np.ndarray
+    logits: np.ndarray
+    iou: float
+    stability: float
+    source: str
+    prompt: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def area(self) -> int:
+        """Mask area in pixels."""
+        return int(self.mask.sum())
+
+
+class SliceSegmenter:
+    """Embeds slices of one volume on demand and predicts 2D masks on them.
+
+    Args:
+        model: a model from ``build_sam``.
+        volume: ``(Z, H, W)`` raw array (HU for CT, arbitrary units for MR), or ``(H, W)`` /
+            ``(H, W, 3)`` for a 2D image.
+        preset: intensity preset name (see ``preprocessing.PRESETS``).
+        cache: an :class:`EmbeddingCache`; a private in-memory one when None.
+        axis: the slicing axis of ``volume`` (0 = axial for a ``(z, y, x)`` array).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        volume: np.ndarray,
+        preset: str = "minmax",
+        cache: EmbeddingCache | None = None,
+        axis: int = 0,
+    ) -> None:
+        arr = np.asarray(volume)
+        if arr.ndim == 2:
+            arr = arr[None]  # a 2D grey image is a one-slice volume; RGB: pass image[None]
+        if arr.ndim not in (3, 4) or (arr.ndim == 4 and (arr.shape[-1] != 3 or axis != 0)):
+            raise ValueError(
+                f"volume must be (z, y, x) or (z, y, x, 3) RGB with axis 0; got "
+                f"shape {np.asarray(volume).shape}, axis {axis}"
+            )
+        if axis not in (0, 1, 2):
+            raise ValueError(f"axis={axis}; expected 0, 1 or 2")
+        self.model = model
+        self.config = model.config
+        self.volume = np.moveaxis(arr, axis, 0) if arr.ndim == 3 else arr
+        self.axis = axis
+        self.preset = get_preset(preset).name
+        self._check_finite()
+        self.value_range = intensity_range(self.volume, self.preset)
+        self.cache = cache if cache is not None else EmbeddingCache(None)
+        self.volume_hash = array_hash(arr)
+        self.cache_key = EmbeddingCache.volume_key(
+            self.volume_hash, model_weights_id(model), self.preset, self.value_range, axis
+        )
+        self.predictor = SamPredictor(model)
+        self.encoder_calls = 0
+
+    def _check_finite(self) -> None:
+        if np.issubdtype(self.volume.dtype, np.floating):
+            bad = int((~np.isfinite(self.volume)).sum())
+            if bad:
+                raise ValueError(f"volume contains {bad} NaN/Inf voxels; cannot segment it")
+
+    @property
+    def num_slices(self) -> int:
+        """Number of slices along the segmentation axis."""
+        return int(self.volume.shape[0])
+
+    @property
+    def slice_shape(self) -> tuple[int, int]:
+        """``(H, W)`` of one slice."""
+        return int(self.volume.shape[1]), int(self.volume.shape[2])
+
+    def check_index(self, z: int) -> int:
+        """Validate a slice index."""
+        zi = int(z)
+        if not 0 <= zi < self.num_slices:
+            raise ValueError(f"slice index {z} is outside the volume (0..{self.num_slices - 1})")
+        return zi
+
+    def slice_image(self, z: int) -> np.ndarray:
+        """Slice ``z`` mapped to float32 ``[0, 255]`` with the volume-wide range."""
+        return apply_intensity(self.volume[self.check_index(z)], self.preset, self.value_range)
+
+    def _emb_shape(self) -> tuple[int, int, int, int]:
+        s = self.config.image_embedding_size
+        return (1, self.config.embed_dim, s, s)
+
+    def embedding(self, z: int) -> tuple[torch.Tensor, ImageGeometry]:
+        """The ``(1, C, h, w)`` embedding of slice ``z`` (computed once, then cached)."""
+        zi = self.check_index(z)
+        geom = self.predictor.geometry_for(self.slice_shape)
+        emb = self.cache.get(self.cache_key, zi, self._emb_shape())
+        if emb is None:
+            x, geom = prepare_image(self.slice_image(zi), self.config, self.predictor.device)
+            with torch.inference_mode():
+                emb = self.model.image_encoder(x)
+            self.encoder_calls += 1
+            self.cache.put(self.cache_key, zi, emb)
+        return emb, geom
+
+    def is_cached(self, z: int) -> bool:
+        """Whether slice ``z``'s embedding is already in the cache."""
+        return self.cache.contains(self.cache_key, int(z))
+
+    def precompute(self, slices: list[int] | None = None) -> Iterator[tuple[int, int, int]]:
+        """Fill the cache; yields ``(done, total, z)`` after each slice (cancel by stopping)."""
+        todo = (
+            list(range(self.num_slices))
+            if slices is None
+            else [self.check_index(z) for z in slices]
+        )
+        for i, z in enumerate(todo):
+            if not self.is_cached(z):
+                self.embedding(z)
+            yield i + 1, len(todo), z
+
+    def predict(
+        self,
+        z: int,
+        box: np.ndarray | None = None,
+        points: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        source: str = "prompt",
+        multimask: bool = False,
+    ) -> SlicePrediction:
+        """Predict slice ``z`` from prompts in ``(x, y)`` pixels of the slice.
+
+        With ``multimask`` the candidate with the highest predicted IoU is returned and the
+        others are attached as ``prompt["candidates"]`` (masks, ious).
+        """
+        emb, geom = self.embedding(z)
+        self.predictor.set_embedding(emb, geom)
+        masks, ious, low = self.predictor.predict(
+            point_coords=None if points is None or len(points) == 0 else points,
+            point_labels=None if points is None or len(points) == 0 else labels,
+            box=box,
+            mask_input=mask_input,
+            multimask_output=multimask,
+            return_logits=True,
+        )
+        best = int(np.argmax(ious))
+        logits = low[best]
+        stab = _stability(logits)
+        prompt: dict[str, Any] = {}
+        if box is not None:
+            prompt["box"] = [float(v) for v in np.asarray(box).ravel()]
+        if points is not None and len(points):
+            prompt["points"] = np.asarray(points, dtype=float).tolist()
+            prompt["point_labels"] = [int(v) for v in np.asarray(labels).ravel()]
+        if multimask:
+            prompt["candidates"] = {"masks": masks > 0, "ious": ious.tolist()}
+        return SlicePrediction(
+            int(z), masks[best] > 0, logits, float(ious[best]), stab, source, prompt
+        )
+
+
+def _stability(logits: np.ndarray, offset: float = 1.0) -> float:
+    hi = int((logits > offset).sum())
+    lo = int((logits > -offset).sum())
+    return 1.0 if lo == 0 else hi / lo
