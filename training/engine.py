@@ -1,0 +1,232 @@
+"""Training step, trainable parts, optimiser/scheduler, embedding cache and validation.
+
+The interactive step is an ``nn.Module`` (:class:`InteractiveStep`) so that DDP can wrap it: its
+forward runs the image encoder once (or takes cached embeddings) and the 11 decoder passes of
+:func:`training.simulate.simulate_train`, and returns the loss.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .losses import SamLoss
+from .simulate import simulate_eval, simulate_train
+
+
+class InteractiveStep(nn.Module):
+    """Loss of one batch under SAM's interactive simulation (DDP-wrappable).
+
+    Args:
+        model: the SAM model (trainable parts already chosen).
+        loss: a :class:`SamLoss`.
+        sim: a ``SimConfig``.
+        seed: the run seed (simulation randomness is keyed by ``(seed, step, uid)``).
+    """
+
+    def __init__(self, model: nn.Module, loss: SamLoss, sim: Any, seed: int) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+        self.sim = sim
+        self.seed = int(seed)
+
+    def forward(
+        self,
+        masks: torch.Tensor,
+        uids: torch.Tensor,
+        step: int,
+        images: torch.Tensor | None = None,
+        embeddings: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of a batch.
+
+        Args:
+            masks: ``(B, 1, S, S)`` ground truth on the padded model input.
+            uids: ``(B,)`` global sample ids.
+            step: optimiser step (keys the simulation schedule).
+            images: ``(B, 3, S, S)`` normalised images (the encoder runs once on them), or
+            embeddings: ``(B, C, h, w)`` precomputed embeddings (decoder-only training).
+        """
+        if embeddings is None:
+            embeddings = self.model.image_encoder(images)
+        return simulate_train(
+            self.model, embeddings, masks, self.loss, self.sim, self.seed, step, uids
+        )
+
+
+def set_trainable(model: nn.Module, mode: str, freeze_bn: bool = True) -> None:
+    """Choose what trains: ``decoder``, ``decoder_prompt`` or ``full``.
+
+    Frozen parts get ``requires_grad=False`` and eval mode. With ``freeze_bn`` BatchNorm
+    layers keep their running statistics (eval mode) while their affine parameters train.
+    """
+    model.train()
+    parts = {
+        "decoder": ("mask_decoder",),
+        "decoder_prompt": ("mask_decoder", "prompt_encoder"),
+        "full": ("mask_decoder", "prompt_encoder", "image_encoder"),
+    }[mode]
+    for name, child in model.named_children():
+        trainable = name in parts
+        child.requires_grad_(trainable)
+        child.train(trainable)
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def _encoder_layer_id(name: str, model: nn.Module) -> tuple[int, int]:
+    """``(layer id, number of layers)`` of an image-encoder parameter for LR decay."""
+    enc = model.image_encoder
+    if hasattr(enc, "blocks"):
+        depths = [len(enc.blocks)]
+        m = re.match(r"image_encoder\.blocks\.(\d+)\.", name)
+        block = int(m.group(1)) if m else None
+    else:  # TinyViT: stages of blocks
+        depths = [len(stage.blocks) for stage in enc.layers]
+        m = re.match(r"image_encoder\.layers\.(\d+)\.blocks\.(\d+)\.", name)
+        block = sum(depths[: int(m.group(1))]) + int(m.group(2)) if m else None
+        m2 = re.match(r"image_encoder\.layers\.(\d+)\.downsample\.", name)
+        if m2:
+            block = sum(depths[: int(m2.group(1)) + 1]) - 1
+    n = sum(depths) + 1
+    if block is not None:
+        return block + 1, n
+    if name.startswith(("image_encoder.patch_embed", "image_encoder.pos_embed")):
+        return 0, n
+    return n, n  # neck
+
+
+def param_groups(model: nn.Module, optim: Any, layer_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases/norms/embeddings; layer-wise LR decay.
+
+    The encoder layer ``i`` of ``n`` gets ``lr * layer_decay ** (n - i)``; the neck, prompt
+    encoder and decoder get ``lr``.
+    """
+    groups: dict[tuple[float, float], list[nn.Parameter]] = defaultdict(list)
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_wd = p.ndim <= 1 or name.endswith(("pos_embed", "rel_pos_h", "rel_pos_w"))
+        scale = 1.0
+        if name.startswith("image_encoder.") and layer_decay < 1.0:
+            layer, n = _encoder_layer_id(name, model)
+            scale = layer_decay ** (n - layer)
+        groups[(scale, 0.0 if no_wd else optim.weight_decay)].append(p)
+    return [
+        {"params": ps, "lr": optim.lr * s, "lr_scale": s, "weight_decay": wd}
+        for (s, wd), ps in sorted(groups.items(), key=lambda kv: kv[0])
+    ]
+
+
+def lr_factor(step: int, optim: Any, total_steps: int) -> float:
+    """Warmup (linear from 0) then ``cosine`` to ``min_lr_ratio``, ``step`` decay or constant."""
+    if step < optim.warmup_steps:
+        return (step + 1) / optim.warmup_steps
+    if optim.schedule == "constant":
+        return 1.0
+    if optim.schedule == "step":
+        return optim.step_gamma ** ((step - optim.warmup_steps) // max(optim.step_size, 1))
+    span = max(total_steps - optim.warmup_steps, 1)
+    t = min((step - optim.warmup_steps) / span, 1.0)
+    return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def build_optimizer(
+    model: nn.Module, optim: Any, layer_decay: float, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the trainable parameters and its warmup + decay scheduler."""
+    groups = param_groups(model, optim, layer_decay)
+    if not groups:
+        raise ValueError("no trainable parameters: check model.trainable")
+    opt = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, optim, total_steps))
+    return opt, sched
+
+
+class EmbeddingStore:
+    """In-memory cache of frozen-encoder embeddings keyed by image identity (``case|slice``).
+
+    Stored as float16 on the CPU (a LiteMedSAM slice is 2 MB) up to ``max_items``.
+    """
+
+    def __init__(self, max_items: int = 4096) -> None:
+        self.max_items = max_items
+        self.items: dict[str, torch.Tensor] = {}
+        self.hits = 0
+        self.misses = 0
+
+    @torch.no_grad()
+    def embed(
+        self, encoder: nn.Module, images: torch.Tensor, keys: list[str], autocast: Any
+    ) -> torch.Tensor:
+        """``(B, C, h, w)`` float32 embeddings on ``images.device``, computing only misses.
+
+        Fresh embeddings are rounded through float16 too, so a run gives the same numbers
+        whether an embedding came from the cache or not (resume stays exact).
+        """
+        todo = [i for i, k in enumerate(keys) if k not in self.items]
+        self.hits += len(keys) - len(todo)
+        self.misses += len(todo)
+        fresh: dict[int, torch.Tensor] = {}
+        if todo:
+            with autocast:
+                new = encoder(images[todo]).float()
+            fresh = {i: e.half().float() for i, e in zip(todo, new, strict=True)}
+            for i, e in fresh.items():
+                if len(self.items) < self.max_items:
+                    self.items[keys[i]] = e.to("cpu", torch.float16)
+        out = [
+            fresh[i] if i in fresh else self.items[k].to(images.device, torch.float32)
+            for i, k in enumerate(keys)
+        ]
+        return torch.stack(out)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Any,
+    device: torch.device,
+    autocast: Any,
+    clicks: list[int],
+    store: EmbeddingStore | None = None,
+) -> dict[str, float]:
+    """Validation Dice with the simulator's deterministic clicks, per label and overall.
+
+    Metrics: ``dice_box`` (after the exact box), ``dice_point`` (after the object's centre
+    point), ``dice_box_click{k}`` (after ``k`` corrective clicks following the box). Keys are
+    ``"{metric}"`` (all labels) and ``"{metric}/label{v}"``.
+    """
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    n_clicks = max(clicks) if clicks else 0
+    per: dict[str, list[float]] = defaultdict(list)
+    for batch in loader:
+        images, masks = batch["image"].to(device), batch["mask"].to(device)
+        if store is not None:
+            emb = store.embed(model.image_encoder, images, list(batch["key"]), autocast)
+        else:
+            with autocast:
+                emb = model.image_encoder(images).float()
+        with autocast:
+            box = simulate_eval(model, emb, masks, "box", n_clicks)
+            point = simulate_eval(model, emb, masks, "point", 0)
+        metrics = {"dice_box": box[0], "dice_point": point[0]}
+        metrics.update({f"dice_box_click{k}": box[k] for k in clicks})
+        labels = batch["label"].tolist()
+        for name, values in metrics.items():
+            for v, lab in zip(values.tolist(), labels, strict=True):
+                per[name].append(v)
+                per[f"{name}/label{lab}"].append(v)
+    for m, mode in modes.items():
+        m.training = mode
+    return {k: float(np.mean(v)) for k, v in per.items()}
