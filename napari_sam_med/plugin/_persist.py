@@ -1,0 +1,219 @@
+"""Saving a session: the JSON session log, its replay, and autosave of committed labels.
+
+The log (``format: napari-sam-med-session``) lists every user action in order; prompts carry
+their slice, their SAM-order coordinates (points ``(x, y)``, boxes ``[x0, y0, x1, y1]``,
+pixels of the slice), the model and the intensity preset. :func:`replay` runs the actions
+again through a fresh :class:`~._session.Session` with any model, so the masks can be
+regenerated with another checkpoint.
+
+Autosave writes the committed labels and the log into
+``<cache folder>/autosave/<image content hash>/`` after every change of the labels map
+(atomically), so that a crash loses nothing; :func:`find_autosave` finds it when the same
+image is opened again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._session import Session
+
+logger = logging.getLogger(__name__)
+
+LOG_FORMAT = "napari-sam-med-session"
+LOG_VERSION = 1
+
+
+def session_log(session: Session) -> dict[str, Any]:
+    """The JSON-friendly session log."""
+    return {
+        "format": LOG_FORMAT,
+        "version": LOG_VERSION,
+        "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "image": session.image_info,
+        "model": session.model_info,
+        "preset": session.preset,
+        "coordinates": "prompts in SAM order: points [x, y], boxes [x0, y0, x1, y1], pixels "
+        "of slice z (array index along axis 0 of the (z, y, x) volume)",
+        "objects": [session.summary(o.label) for o in session.objects],
+        "events": session.events,
+    }
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], binary: bool) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save_log(session: Session, path: str | os.PathLike) -> Path:
+    """Write the session log as JSON (atomically)."""
+    data = session_log(session)
+    return _atomic_write(Path(path), lambda fh: json.dump(data, fh, indent=1), binary=False)
+
+
+def load_log(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a session log.
+
+    Raises:
+        ValueError: naming the file, when it is not JSON or not a napari-sam-med session log.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the session log ({exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != LOG_FORMAT:
+        raise ValueError(f"{path}: not a napari-sam-med session log (format {LOG_FORMAT!r})")
+    if not isinstance(data.get("events"), list):
+        raise ValueError(f"{path}: the session log has no 'events' list")
+    return data
+
+
+def replay(
+    log: dict[str, Any],
+    engine: Any,
+    session: Session | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Session:
+    """Run a session log again with ``engine`` (any model) and return the new session.
+
+    Args:
+        log: from :func:`load_log` or :func:`session_log`.
+        engine: an ``_engine.Engine`` on the same image.
+        session: the session to replay into (a fresh one on the engine's grid when None).
+        progress: called with ``(done, total)`` after every event.
+    """
+    if session is None:
+        info = log.get("image", {})
+        session = Session(_engine_shape(engine), info.get("spacing_xyz"), info)
+    session.model_info, session.preset = dict(engine.model_info), engine.preset
+    events = log["events"]
+    for i, ev in enumerate(events):
+        _replay_event(session, engine, ev)
+        if progress is not None:
+            progress(i + 1, len(events))
+    return session
+
+
+def _engine_shape(engine: Any) -> tuple[int, int, int]:
+    return (engine.num_slices, *engine.segmenter.slice_shape)
+
+
+def _replay_event(session: Session, engine: Any, ev: dict[str, Any]) -> None:
+    action, label = ev.get("action"), ev.get("label")
+    if action == "new_object":
+        session.new_object(ev.get("name"), label, ev.get("color"))
+    elif action == "prompt":
+        z, prompt = int(ev["z"]), ev.get("prompt") or {}
+        preview = engine.preview(z, session.model_prompt(label, z, prompt)) if prompt else None
+        session.set_prompt(label, z, prompt, preview)
+    elif action == "candidate":
+        if session.last_preview is not None:
+            session.cycle_candidate(int(ev["index"]) - session.last_preview[1].index)
+    elif action in ("segment3d", "correct"):
+        job = (
+            session.segment3d_job(engine, label)
+            if action == "segment3d"
+            else session.correction_job(engine, int(ev["z"]), label)
+        )
+        for _ in job.steps:
+            pass
+        session.finish_job(job)
+    elif action == "commit":
+        session.commit(label)
+    elif action == "delete":
+        session.delete_object(label)
+    elif action == "relabel":
+        session.relabel(label, ev["new_label"])
+    elif action == "rename":
+        session.rename(label, ev["name"])
+    elif action == "color":
+        session.set_color(label, ev["color"])
+    elif action == "undo":
+        session.undo()
+    elif action == "redo":
+        session.redo()
+    else:
+        raise ValueError(f"unknown action {action!r} in the session log")
+
+
+# ------------------------------------------------------------------- autosave
+
+
+def autosave_dir(cache_dir: str | os.PathLike, image_hash: str) -> Path:
+    """The autosave folder of one image."""
+    return Path(cache_dir) / "autosave" / image_hash
+
+
+def autosave(
+    cache_dir: str | os.PathLike, image_hash: str, labels: np.ndarray, log: dict[str, Any]
+) -> Path:
+    """Write committed ``labels`` and a session ``log`` (atomically); returns the folder.
+
+    Takes copies rather than the session so that it can run in a worker thread.
+    """
+    folder = autosave_dir(cache_dir, image_hash)
+    _atomic_write(folder / "labels.npz", lambda fh: np.savez_compressed(fh, labels=labels), True)
+    _atomic_write(folder / "session.json", lambda fh: json.dump(log, fh), binary=False)
+    return folder
+
+
+def find_autosave(cache_dir: str | os.PathLike, image_hash: str) -> dict[str, Any] | None:
+    """The autosave of an image as ``{"labels", "log", "folder", "saved"}`` (None if absent or
+    unreadable, or when it holds no labelled voxel)."""
+    folder = autosave_dir(cache_dir, image_hash)
+    try:
+        with np.load(folder / "labels.npz", allow_pickle=False) as data:
+            labels = data["labels"]
+        log = load_log(folder / "session.json")
+    except (OSError, ValueError, KeyError) as exc:
+        if folder.exists():
+            logger.warning("ignoring unreadable autosave in %s: %s", folder, exc)
+        return None
+    if not labels.any():
+        return None
+    return {"labels": labels, "log": log, "folder": folder, "saved": log.get("saved", "")}
+
+
+def restore(session: Session, saved: dict[str, Any]) -> None:
+    """Load autosaved committed labels into ``session`` as committed objects.
+
+    Each label value becomes an object (name and colour from the log when known) whose
+    slices are read back from the labels; prompts are not restored.
+    """
+    from ..volume.slices import SlicePrediction
+
+    labels = np.asarray(saved["labels"])
+    if labels.shape != session.labels.shape:
+        raise ValueError(
+            f"autosaved labels in {saved.get('folder')} have shape {labels.shape}, but the "
+            f"image has {session.labels.shape}; they belong to another image"
+        )
+    meta = {int(o["label"]): o for o in saved["log"].get("objects", [])}
+    for value in sorted(int(v) for v in np.unique(labels) if v):
+        info = meta.get(value, {})
+        obj = session.new_object(info.get("name"), value, info.get("color"))
+        for z in np.flatnonzero((labels == value).any(axis=(1, 2))):
+            mask = labels[z] == value
+            obj.seg.slices[int(z)] = SlicePrediction(
+                int(z), mask, np.zeros((1, 1), np.float32), 1.0, 1.0, "restored"
+            )
+        obj.propagated = True
+        session.commit(value)

@@ -1,0 +1,178 @@
+"""The SAM-Med dock widget's controls (layout only; behaviour lives in ``_widget.py``).
+
+Every control is an attribute of the widget, so tests drive it as a user would
+(``widget.segment3d_btn.click()``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+MODELS = ("lite_medsam", "medsam_vit_b", "vit_b", "vit_l", "vit_h", "tiny")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+# (key as napari binds it, what it does); shown in the widget's help and in docs/plugin.md.
+SHORTCUTS = (
+    ("click", "positive point (Points layer in add mode)"),
+    ("Shift+click", "negative point (right click too)"),
+    ("R", "draw a box (Shapes layer, rectangle mode)"),
+    ("W", "next ambiguity candidate of the 2D mask"),
+    ("Shift+W", "previous ambiguity candidate"),
+    ("G", "Segment 3D: propagate the current object"),
+    ("J", "jump to the next flagged slice"),
+    ("Shift+J", "jump to the previous flagged slice"),
+    ("N", "new object"),
+    ("K", "commit (keep) the current object into the labels"),
+    ("Ctrl+Z", "undo"),
+    ("Ctrl+Shift+Z", "redo"),
+    ("Escape", "cancel the running job"),
+)
+# The keys the widget binds on the viewer (the others are napari's own).
+BOUND_KEYS = tuple(k for k, _ in SHORTCUTS if "click" not in k and k != "R")
+
+
+def help_text() -> str:
+    """The shortcuts as shown in the widget (one per line)."""
+    return "\n".join(f"{k}: {what}" for k, what in SHORTCUTS)
+
+
+def _row(*widgets: QWidget) -> QWidget:
+    box = QWidget()
+    lay = QHBoxLayout(box)
+    lay.setContentsMargins(0, 0, 0, 0)
+    for w in widgets:
+        lay.addWidget(w)
+    return box
+
+
+def build(w: Any, presets: list[str]) -> None:
+    """Create the controls of widget ``w`` as attributes and lay them out."""
+    root = QVBoxLayout(w)
+
+    setup = QGroupBox("Setup")
+    form = QFormLayout(setup)
+    w.image_combo = QComboBox()
+    w.model_combo = QComboBox()
+    w.model_combo.addItems([*MODELS, "checkpoint file"])
+    w.checkpoint_edit = QLineEdit()
+    w.checkpoint_edit.setPlaceholderText("checkpoint file (.pth/.pt) for vit_* or our own")
+    w.device_combo = QComboBox()
+    w.device_combo.addItems(DEVICES)
+    w.preset_combo = QComboBox()
+    w.preset_combo.addItems(presets)
+    w.load_btn = QPushButton("Load model")
+    form.addRow("Image", w.image_combo)
+    form.addRow("Model", w.model_combo)
+    form.addRow("Checkpoint", w.checkpoint_edit)
+    form.addRow("Device", w.device_combo)
+    form.addRow("Preset", w.preset_combo)
+    form.addRow(w.load_btn)
+    root.addWidget(setup)
+
+    w.restore_box = QGroupBox("Autosaved labels found")
+    w.restore_label = QLabel("")
+    w.restore_label.setWordWrap(True)
+    w.restore_btn = QPushButton("Restore")
+    w.discard_btn = QPushButton("Discard")
+    lay = QVBoxLayout(w.restore_box)
+    lay.addWidget(w.restore_label)
+    lay.addWidget(_row(w.restore_btn, w.discard_btn))
+    w.restore_box.setVisible(False)
+    root.addWidget(w.restore_box)
+
+    work = QGroupBox("Embeddings and jobs")
+    lay = QVBoxLayout(work)
+    w.progress = QProgressBar()
+    w.progress.setRange(0, 1)
+    w.progress.setValue(0)
+    w.precompute_btn = QPushButton("Precompute volume")
+    w.cancel_btn = QPushButton("Cancel")
+    w.cancel_btn.setEnabled(False)
+    w.status = QLabel("Pick an image and a model, then Load model.")
+    w.status.setWordWrap(True)
+    lay.addWidget(w.progress)
+    lay.addWidget(_row(w.precompute_btn, w.cancel_btn))
+    lay.addWidget(w.status)
+    root.addWidget(work)
+
+    seg = QGroupBox("Segment")
+    lay = QVBoxLayout(seg)
+    w.candidates_label = QLabel("Candidates: -")
+    w.cycle_btn = QPushButton("Next candidate (W)")
+    w.segment3d_btn = QPushButton("Segment 3D (G)")
+    w.repropagate_check = QCheckBox("Re-propagate corrections in 3D")
+    w.repropagate_check.setChecked(True)
+    w.flagged_list = QListWidget()
+    w.flagged_list.setMaximumHeight(80)
+    w.next_flag_btn = QPushButton("Next flagged slice (J)")
+    lay.addWidget(w.candidates_label)
+    lay.addWidget(_row(w.cycle_btn, w.segment3d_btn))
+    lay.addWidget(w.repropagate_check)
+    lay.addWidget(QLabel("Flagged slices (QC):"))
+    lay.addWidget(w.flagged_list)
+    lay.addWidget(w.next_flag_btn)
+    root.addWidget(seg)
+
+    objs = QGroupBox("Objects")
+    lay = QVBoxLayout(objs)
+    w.objects_table = QTableWidget(0, 6)
+    w.objects_table.setHorizontalHeaderLabels(["label", "name", "colour", "mL", "slices", "state"])
+    w.objects_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    w.objects_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+    w.objects_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    w.new_btn = QPushButton("New object (N)")
+    w.commit_btn = QPushButton("Commit (K)")
+    w.delete_btn = QPushButton("Delete")
+    w.relabel_spin = QSpinBox()
+    w.relabel_spin.setRange(1, 65535)
+    w.relabel_btn = QPushButton("Relabel")
+    w.name_edit = QLineEdit()
+    w.name_edit.setPlaceholderText("name")
+    w.rename_btn = QPushButton("Rename")
+    w.color_btn = QPushButton("Colour...")
+    lay.addWidget(w.objects_table)
+    lay.addWidget(_row(w.new_btn, w.commit_btn, w.delete_btn))
+    lay.addWidget(_row(w.relabel_spin, w.relabel_btn, w.name_edit, w.rename_btn, w.color_btn))
+    root.addWidget(objs)
+
+    hist = QGroupBox("History and files")
+    lay = QVBoxLayout(hist)
+    w.undo_btn = QPushButton("Undo (Ctrl+Z)")
+    w.redo_btn = QPushButton("Redo (Ctrl+Shift+Z)")
+    w.labels_path = QLineEdit()
+    w.labels_path.setPlaceholderText("labels file (.nii.gz, .nrrd, .mha)")
+    w.browse_btn = QPushButton("...")
+    w.save_btn = QPushButton("Save labels + session log")
+    w.log_path = QLineEdit()
+    w.log_path.setPlaceholderText("session log (.json) to replay")
+    w.replay_btn = QPushButton("Replay log")
+    lay.addWidget(_row(w.undo_btn, w.redo_btn))
+    lay.addWidget(_row(w.labels_path, w.browse_btn))
+    lay.addWidget(w.save_btn)
+    lay.addWidget(_row(w.log_path, w.replay_btn))
+    root.addWidget(hist)
+
+    w.help_label = QLabel(help_text())
+    w.help_label.setWordWrap(True)
+    helpbox = QGroupBox("Keyboard shortcuts")
+    QVBoxLayout(helpbox).addWidget(w.help_label)
+    root.addWidget(helpbox)
+    root.addStretch(1)

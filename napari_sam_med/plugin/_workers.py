@@ -1,0 +1,182 @@
+"""Thread workers: every model call runs here, never on the GUI thread.
+
+Each worker is a napari ``thread_worker`` (``napari.qt.threading.create_worker``). Failures
+are caught inside the thread and handed back as a :class:`Failure` (instead of napari's raw
+traceback notification), so that the widget can show an actionable message, keep its state
+and stay usable. Torch and the model code are imported inside the workers only.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Failure:
+    """An exception raised in a worker, with what the user was doing."""
+
+    action: str
+    error: BaseException
+    trace: str
+
+    def message(self) -> str:
+        """A notification text: what failed, why, and what to try."""
+        return f"{self.action} failed: {self.error}. {hint_for(self.error)}"
+
+
+def hint_for(error: BaseException) -> str:
+    """What the user can do about an error."""
+    text = str(error).lower()
+    name = type(error).__name__
+    if name == "CheckpointError" or "checkpoint" in text or "weights" in text:
+        return "Pick another model, or check the checkpoint file (see Setup > Model)."
+    if isinstance(error, MemoryError) or "out of memory" in text:
+        return "Choose the 'cpu' device or a smaller model, or close other programs."
+    if "cuda" in text or "mps" in text or "device" in text:
+        return "Set the device to 'cpu' in Setup and try again."
+    if "prompt" in text or "box" in text or "point" in text:
+        return "Check the points and boxes on this slice (undo the last one with Ctrl+Z)."
+    if isinstance(error, OSError):
+        return "Check that the file or folder exists and is writable."
+    return "Your segmentation is unchanged; try again, or undo the last step (Ctrl+Z)."
+
+
+def start(
+    action: str,
+    fn: Callable[..., Any],
+    *args: Any,
+    on_yield: Callable[[Any], None] | None = None,
+    on_done: Callable[[Any], None] | None = None,
+    on_fail: Callable[[Failure], None] | None = None,
+    on_finished: Callable[[], None] | None = None,
+    alive: Callable[[], bool] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Run ``fn(*args, **kwargs)`` (a function or a generator function) in a thread worker.
+
+    Args:
+        action: what is being done, for error messages ("Embedding slice 12").
+        on_yield: called in the GUI thread with every yielded value (generators).
+        on_done: called in the GUI thread with the return value when it succeeded.
+        on_fail: called in the GUI thread with a :class:`Failure`.
+        on_finished: called in the GUI thread at the end, success or not (also on cancel).
+        alive: callbacks are skipped once this returns False (the widget was deleted while
+            the worker ran, e.g. because napari closed).
+
+    Returns:
+        The started worker (``worker.quit()`` cancels a generator at its next yield).
+    """
+    from napari.qt.threading import create_worker
+
+    if inspect.isgeneratorfunction(fn):
+        target = _guard_gen(action, fn)
+    else:
+        target = _guard_fn(action, fn)
+
+    def returned(value: Any) -> None:
+        if isinstance(value, Failure):
+            if on_fail is not None:
+                on_fail(value)
+        elif on_done is not None:
+            on_done(value)
+
+    def guarded(fn: Callable[..., None]) -> Callable[..., None]:
+        def call(*a: Any) -> None:
+            if alive is None or alive():
+                fn(*a)
+
+        return call
+
+    connect: dict[str, Any] = {"returned": guarded(returned)}
+    if on_yield is not None:
+        connect["yielded"] = guarded(on_yield)
+    if on_finished is not None:
+        connect["finished"] = guarded(on_finished)
+    return create_worker(target, *args, _connect=connect, **kwargs)
+
+
+def _guard_fn(action: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # reported to the user, never lost
+            logger.exception("%s failed", action)
+            return Failure(action, exc, traceback.format_exc())
+
+    return run
+
+
+def _guard_gen(action: str, fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+    def run(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        try:
+            result = yield from fn(*args, **kwargs)
+        except Exception as exc:  # reported to the user, never lost
+            logger.exception("%s failed", action)
+            return Failure(action, exc, traceback.format_exc())
+        return result
+
+    return run
+
+
+# ------------------------------------------------------------------ the jobs
+
+
+def load_engine(
+    model_name: str,
+    checkpoint: str | None,
+    device: str,
+    image: Any,
+    preset: str,
+    cache_dir: str | None = None,
+) -> Any:
+    """Build the model and bind it to the image (runs in a worker: imports torch).
+
+    ``cache_dir`` None uses the user cache folder of the embedding cache.
+    """
+    from .. import build_sam
+    from ..volume.cache import default_cache_dir
+    from ._engine import Engine
+
+    cache_dir = str(cache_dir or default_cache_dir())
+
+    model = build_sam(model_name, checkpoint=checkpoint or None, device=device)
+    info = {"name": model_name, "checkpoint": checkpoint or None, "device": device}
+    info["config"] = getattr(model.config, "name", model_name)
+    engine = Engine(model, image, preset, cache_dir, info)
+    engine.cache_dir = cache_dir
+    return engine
+
+
+def embed_slices(engine: Any, slices: list[int]) -> Iterator[tuple[int, int, int]]:
+    """Embed ``slices`` (skipping cached ones); yields ``(done, total, z)``."""
+    yield from engine.precompute(slices)
+
+
+def preview(engine: Any, z: int, prompt: dict[str, Any]) -> Any:
+    """The 2D preview of one slice's prompt (embeds the slice first if needed)."""
+    return engine.preview(z, prompt)
+
+
+def run_job(job: Any) -> Iterator[Any]:
+    """Drive a 3D job (``_session.Job``); yields its ``Progress``; returns the job."""
+    yield from job.steps
+    return job
+
+
+def replay_log(log: dict[str, Any], engine: Any) -> Iterator[tuple[int, int]]:
+    """Replay a session log with ``engine``; yields ``(done, total)``; returns the session."""
+    from ._persist import replay
+
+    events = log["events"]
+    session = None
+    for i, event in enumerate(events):
+        session = replay(dict(log, events=[event]), engine, session)
+        yield i + 1, len(events)
+    return session
