@@ -1,0 +1,373 @@
+"""``sam-med``: batch segmentation from the command line (thin over :mod:`napari_sam_med.volume`).
+
+Commands::
+
+    sam-med segment IMAGE --box3d X0 Y0 Z0 X1 Y1 Z1 -o OUT.nii.gz [--qc DIR]
+    sam-med segment --manifest cases.json --out-dir D [--resume] [--qc DIR]
+    sam-med precompute IMAGE [IMAGE ...]
+    sam-med auto IMAGE -o OUT.nii.gz
+    sam-med info
+
+Scale-out: ``torchrun --nproc_per_node N -m napari_sam_med.cli segment --manifest ...``
+gives every rank every N-th case and one device; rank 0 prints the merged summary.
+See ``docs/cli.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+_BOX3D = ("X0", "Y0", "Z0", "X1", "Y1", "Z1")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``sam-med``; returns the exit code (0 ok, 1 a case failed, 2 a usage/input error)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG
+        if args.verbose > 1
+        else (logging.INFO if args.verbose else logging.WARNING),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("sam-med: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:  # VolumeError, CheckpointError, ManifestError, ...
+        if args.debug:
+            raise
+        from .volume.segment import error_line
+
+        print(f"sam-med: error: {error_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (sub-commands segment, precompute, auto, info)."""
+    p = argparse.ArgumentParser(prog="sam-med", description="Segment Anything for CT/MRI tumours.")
+    sub = p.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    model = argparse.ArgumentParser(add_help=False, parents=[common])
+    model.add_argument("--model", default="lite_medsam", help="registry name or checkpoint file")
+    model.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps")
+    model.add_argument("--preset", help="intensity preset (default: from the modality)")
+    model.add_argument("--modality", help="CT or MR, to guess the preset")
+    model.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cache = argparse.ArgumentParser(add_help=False)
+    cache.add_argument("--cache-dir", type=Path, help="embedding cache (default: user cache)")
+    cache.add_argument("--no-disk-cache", action="store_true", help="keep embeddings in memory")
+
+    s = sub.add_parser("segment", parents=[model, cache], help="segment objects from prompts")
+    s.add_argument("image", nargs="?", help="image file or DICOM folder (or use --manifest)")
+    s.add_argument("--manifest", type=Path, help="JSON manifest of cases (see docs/cli.md)")
+    s.add_argument("-o", "--output", help="label file for IMAGE (.nii.gz, .nii, .nrrd, .mha)")
+    s.add_argument("--out-dir", type=Path, help="folder for outputs without an explicit path")
+    s.add_argument("--box3d", nargs=6, type=float, action="append", metavar=_BOX3D,
+                   help="3D box, inclusive voxel indices (repeat for more objects)")  # fmt: skip
+    s.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
+                   help="2D box on --slice, propagated until the object ends")  # fmt: skip
+    s.add_argument("--slice", type=float, help="slice (z) of --box")
+    s.add_argument("--points", nargs="+", type=float, metavar="X Y Z", help="points x y z ...")
+    s.add_argument("--point-labels", nargs="+", type=int, help="1 inside / 0 outside per point")
+    s.add_argument("--space", choices=("voxel", "world"), default="voxel",
+                   help="prompt coordinates: voxel indices or LPS mm")  # fmt: skip
+    s.add_argument("--qc", type=Path, metavar="DIR", help="write PNG overlay + JSON trace here")
+    s.add_argument("--resume", action="store_true", help="skip cases whose output is complete")
+    s.add_argument("--summary", type=Path, help="also write the summary as JSON here")
+    s.add_argument("--dist-timeout-hours", type=float, default=48.0, help=argparse.SUPPRESS)
+    s.set_defaults(func=cmd_segment)
+
+    pc = sub.add_parser("precompute", parents=[model, cache], help="fill the embedding cache")
+    pc.add_argument("images", nargs="+", help="image files or DICOM folders")
+    pc.add_argument("--slices", nargs=2, type=int, metavar=("Z0", "Z1"), help="inclusive range")
+    pc.set_defaults(func=cmd_precompute)
+
+    a = sub.add_parser("auto", parents=[model], help="automatic masks, slice by slice, as labels")
+    a.add_argument("image")
+    a.add_argument("-o", "--output", required=True, help="label file to write")
+    a.add_argument("--slices", nargs=2, type=int, metavar=("Z0", "Z1"), help="inclusive range")
+    a.add_argument("--points-per-side", type=int, default=16)
+    a.add_argument("--prompt-type", choices=("auto", "points", "boxes"), default="auto",
+                   help="auto: boxes for MedSAM/LiteMedSAM, points for SAM")  # fmt: skip
+    a.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    a.add_argument("--stability-thresh", type=float, default=0.92)
+    a.add_argument("--link-iou", type=float, default=0.3, help="IoU joining masks across slices")
+    a.add_argument("--min-voxels", type=int, default=20, help="drop smaller 3D objects")
+    a.set_defaults(func=cmd_auto)
+
+    i = sub.add_parser("info", parents=[common], help="models, devices, cache location")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+# ---------------------------------------------------------------------------- segment
+def cmd_segment(args: argparse.Namespace) -> int:
+    """``sam-med segment``: one image with prompts, or a manifest of cases."""
+    from .volume.qc import summary_table, write_json_atomic
+
+    cases = _cases_from_args(args)
+    rank, world, local_rank = _dist_env()
+    model = _load_model(args, local_rank if world > 1 else None)
+    if world > 1:
+        _init_dist(args.dist_timeout_hours)
+    mine = cases[rank::world]
+    kwargs = dict(preset=args.preset, cache=_cache(args), qc_dir=args.qc, resume=args.resume)
+    results = _run_with_progress(mine, model, args, kwargs, quiet=rank != 0)
+    for r in results:
+        r.worker = f"rank {rank}/{world}" if world > 1 else ""
+    if world > 1:
+        results = _gather(results)
+    results.sort(key=lambda r: r.index)
+    failed = [r for r in results if r.status == "failed"]
+    if rank == 0:
+        if args.image and failed:
+            print(f"sam-med: error: {failed[0].error}", file=sys.stderr)
+        else:
+            print(summary_table(results))
+        if args.summary:
+            write_json_atomic(args.summary, [r.to_json() for r in results])
+    if world > 1:
+        _finish_dist()
+    return 1 if failed else 0
+
+
+def _cases_from_args(args: argparse.Namespace) -> list:
+    from .volume.manifest import load_manifest, parse_manifest
+
+    prompts = args.box3d or args.box or args.points or args.slice is not None
+    if args.manifest is not None:
+        if args.image or prompts or args.output:
+            raise ValueError("command line: give either --manifest or IMAGE with prompts, not both")
+        return load_manifest(args.manifest, args.out_dir)
+    if not args.image:
+        raise ValueError("command line: missing IMAGE (or --manifest cases.json)")
+    if not prompts:
+        raise ValueError(
+            "command line: IMAGE needs a prompt: --box3d, --box with --slice, or --points"
+        )
+    objects: list[dict[str, Any]] = [{"box3d": b} for b in args.box3d or []]
+    extra: dict[str, Any] = {}
+    if args.box is not None or args.slice is not None:
+        extra.update(box=args.box, slice=args.slice)
+    if args.points is not None:
+        if len(args.points) % 3:
+            raise ValueError(
+                f"command line: --points has {len(args.points)} numbers; expected x y z triples"
+            )
+        pts = [args.points[k : k + 3] for k in range(0, len(args.points), 3)]
+        extra.update(points=pts, point_labels=args.point_labels or [1] * len(pts))
+    elif args.point_labels is not None:
+        raise ValueError("command line: --point-labels needs --points")
+    if extra:
+        objects.append({k: v for k, v in extra.items() if v is not None})
+    for k, obj in enumerate(objects):
+        obj["label"] = k + 1
+    case: dict[str, Any] = {"image": args.image, "objects": objects}
+    if args.output:
+        case["output"] = args.output
+    if args.modality:
+        case["modality"] = args.modality
+    data = {"space": args.space, "cases": [case]}
+    return parse_manifest(data, "command line", Path.cwd(), args.out_dir)
+
+
+def _run_with_progress(cases, model, args, kwargs, quiet: bool) -> list:
+    """Run the cases with a per-case bar and a per-slice bar (tqdm, on stderr)."""
+    from tqdm import tqdm
+
+    from .volume.segment import run_cases
+
+    off = args.no_progress or quiet
+    results = []
+    outer = tqdm(total=len(cases), desc="cases", unit="case", disable=off or len(cases) < 2)
+    inner = tqdm(desc="slices", unit="slice", leave=False, disable=off)
+    state = {"key": None}
+
+    def on_progress(ev) -> None:
+        key = (ev.case, ev.object_index)
+        if key != state["key"]:
+            state["key"] = key
+            inner.reset(total=ev.total)
+            inner.set_description(f"{ev.case} object {ev.object_index + 1}/{ev.num_objects}")
+        inner.update(ev.done - inner.n)
+
+    for r in run_cases(cases, model, debug=args.debug, on_progress=on_progress, **kwargs):
+        results.append(r)
+        outer.update(1)
+        if r.status == "failed" and len(cases) > 1:
+            tqdm.write(f"FAILED {r.name}: {r.error}", file=sys.stderr)
+    inner.close()
+    outer.close()
+    return results
+
+
+def _load_model(args: argparse.Namespace, local_rank: int | None = None):
+    from .build import build_sam
+    from .device import resolve_device
+
+    device = args.device
+    if local_rank is not None and device in ("auto", "cuda"):
+        import torch
+
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    return build_sam(args.model, device=resolve_device(device))
+
+
+def _cache(args: argparse.Namespace):
+    from .volume.cache import EmbeddingCache, default_cache_dir
+
+    if getattr(args, "no_disk_cache", False):
+        return EmbeddingCache(None)
+    return EmbeddingCache(args.cache_dir or default_cache_dir())
+
+
+# ----------------------------------------------------------------------- distributed
+def _dist_env() -> tuple[int, int, int]:
+    """``(RANK, WORLD_SIZE, LOCAL_RANK)`` from the environment torchrun sets (0, 1, 0 alone)."""
+    try:
+        rank = int(os.environ.get("RANK", "0"))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError as exc:
+        raise ValueError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers ({exc})") from None
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} and WORLD_SIZE={world}: expected 0 <= RANK < WORLD_SIZE")
+    return rank, world, local
+
+
+def _init_dist(hours: float) -> None:
+    import torch.distributed as dist
+
+    # gloo only gathers the small per-case summaries; the models run on each rank's device.
+    dist.init_process_group("gloo", timeout=timedelta(hours=hours))
+
+
+def _gather(results: list) -> list:
+    import torch.distributed as dist
+
+    everything: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everything, results)
+    return [r for part in everything for r in part]
+
+
+def _finish_dist() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------ other commands
+def cmd_precompute(args: argparse.Namespace) -> int:
+    """``sam-med precompute``: fill the embedding cache for the listed images."""
+    from tqdm import tqdm
+
+    from .volume.io import read_volume
+    from .volume.segment import resolve_preset
+    from .volume.slices import SliceSegmenter
+
+    model = _load_model(args)
+    cache = _cache(args)
+    for path in args.images:
+        vol = read_volume(path)
+        preset = resolve_preset(args.preset, args.modality, vol)
+        seg = SliceSegmenter(model, vol.array, preset=preset, cache=cache)
+        todo = None if args.slices is None else list(range(args.slices[0], args.slices[1] + 1))
+        before = seg.encoder_calls
+        bar = tqdm(desc=Path(path).name, unit="slice", disable=args.no_progress)
+        done = 0
+        for done, total, _z in seg.precompute(todo):
+            bar.total = total
+            bar.update(done - bar.n)
+        bar.close()
+        where = cache.cache_dir or "memory only"
+        print(f"{path}: {done} slices cached ({seg.encoder_calls - before} computed, "
+              f"preset {preset}) in {where}")  # fmt: skip
+    return 0
+
+
+def cmd_auto(args: argparse.Namespace) -> int:
+    """``sam-med auto``: automatic mask generation slice by slice, linked into 3D labels."""
+    from tqdm import tqdm
+
+    from .volume.io import read_volume, write_labels
+    from .volume.segment import resolve_preset, segment_automatic
+
+    model = _load_model(args)
+    vol = read_volume(args.image)
+    preset = resolve_preset(args.preset, args.modality, vol)
+    prompt_type = args.prompt_type
+    if prompt_type == "auto":
+        prompt_type = "boxes" if "medsam" in model.config.name else "points"
+    bar = tqdm(desc="slices", unit="slice", disable=args.no_progress)
+
+    def on_progress(ev) -> None:
+        bar.total = ev.total
+        bar.update(ev.done - bar.n)
+
+    labels = segment_automatic(
+        model, vol, preset, slices=args.slices, link_iou=args.link_iou,
+        min_voxels=args.min_voxels, on_progress=on_progress, prompt_type=prompt_type,
+        points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_thresh,
+    )  # fmt: skip
+    bar.close()
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    write_labels(labels, vol, args.output)
+    print(f"{args.output}: {int(labels.max())} objects, {int((labels > 0).sum())} voxels")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """``sam-med info``: models, devices, torch version and the cache location."""
+    import torch
+
+    from . import __version__
+    from .build import CheckpointError, locate_lite_medsam_weights
+    from .config import REGISTRY
+    from .device import resolve_device
+    from .volume.cache import default_cache_dir
+
+    print(
+        f"napari-sam-med {__version__}, torch {torch.__version__}, python {sys.version.split()[0]}"
+    )
+    print("models:")
+    for name, cfg in REGISTRY.items():
+        note = ""
+        if name == "lite_medsam":
+            try:
+                note = f"weights {locate_lite_medsam_weights(verify=False)}"
+            except CheckpointError as exc:
+                note = f"weights missing ({str(exc).splitlines()[0]})"
+        elif name == "tiny":
+            note = "small random model for tests"
+        print(f"  {name:13s} {cfg.encoder:8s} input {cfg.img_size:4d}  {note}".rstrip())
+    print("devices:")
+    print("  cpu")
+    for k in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        print(f"  cuda:{k} {torch.cuda.get_device_name(k)}")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        print("  mps")
+    print(f"  auto -> {resolve_device('auto')}")
+    cache = default_cache_dir()
+    files = list((cache / "embeddings").rglob("*.npz")) if cache.is_dir() else []
+    size = sum(f.stat().st_size for f in files) / 2**20
+    print(f"cache: {cache} ({len(files)} slice embeddings, {size:.1f} MiB)")
+    print("  set NAPARI_SAM_MED_CACHE to move it")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

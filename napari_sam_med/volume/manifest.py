@@ -1,0 +1,415 @@
+"""The batch manifest: which volumes to segment, with which prompts, into which files.
+
+A manifest is a JSON file (schema in ``docs/cli.md``)::
+
+    {"space": "voxel",
+     "cases": [{"image": "ct1.nii.gz", "output": "ct1_seg.nii.gz", "modality": "CT",
+                "objects": [{"label": 1, "box3d": [x0, y0, z0, x1, y1, z1]},
+                            {"label": 2, "box": [x0, y0, x1, y1], "slice": z},
+                            {"label": 3, "points": [[x, y, z]], "point_labels": [1]}]}]}
+
+Coordinates are voxel indices ``(x, y, z)`` as ITK orders them (boxes inclusive at both
+ends), or LPS millimetres with ``"space": "world"`` (top level, per case or per object),
+converted through :func:`~napari_sam_med.volume.geometry.world_to_index` once the image's
+geometry is known (:func:`object_prompts`). Relative image paths resolve against the
+manifest's folder. Every fault raises :class:`ManifestError` naming the manifest file, the
+case index, the field, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .geometry import Volume, world_to_index
+from .io import WRITE_SUFFIXES, file_suffix
+
+SPACES = ("voxel", "world")
+_TOP_KEYS = {"cases", "space", "version", "description"}
+_CASE_KEYS = {
+    "image",
+    "output",
+    "name",
+    "modality",
+    "preset",
+    "space",
+    "series_uid",
+    "component",
+    "objects",
+}
+_OBJECT_KEYS = {"label", "name", "space", "box3d", "box", "slice", "points", "point_labels"}
+
+
+class ManifestError(ValueError):
+    """A manifest (or a command line standing in for one) is malformed."""
+
+
+@dataclass
+class ObjectSpec:
+    """One object's prompt as written (not yet converted to voxels).
+
+    Attributes:
+        label: value in the label map (1..65535).
+        name: display name.
+        space: ``"voxel"`` or ``"world"``.
+        box3d: ``[x0, y0, z0, x1, y1, z1]`` or None.
+        box: ``[x0, y0, x1, y1]`` on ``slice``, or None.
+        slice: the slice index (voxel) or z position in mm (world) of ``box``.
+        points: ``[[x, y, z], ...]`` or None, with ``point_labels`` (1 = inside, 0 = outside).
+        where: ``"<file>: cases[i].objects[j]"`` for error messages.
+    """
+
+    label: int
+    name: str
+    space: str
+    box3d: list[float] | None = None
+    box: list[float] | None = None
+    slice: float | None = None
+    points: list[list[float]] | None = None
+    point_labels: list[int] | None = None
+    where: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The prompt as JSON (what a resume fingerprint and the QC trace record)."""
+        keys = ("label", "name", "space", "box3d", "box", "slice", "points", "point_labels")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+@dataclass
+class CaseSpec:
+    """One case: an image, its prompts and where its labels go.
+
+    Attributes:
+        index: position in the manifest.
+        image: the image file or DICOM folder (absolute).
+        output: the label file to write (absolute).
+        name: a unique case name (default: the output's file name without suffix).
+        modality / preset: guide the intensity preset (``preset`` wins).
+        series_uid / component: pick a DICOM series or a volume of a 4D file.
+        objects: the prompts, in label-map priority order.
+        source: the manifest path, or ``"command line"``.
+    """
+
+    index: int
+    image: Path
+    output: Path
+    name: str
+    objects: list[ObjectSpec]
+    modality: str | None = None
+    preset: str | None = None
+    series_uid: str | None = None
+    component: int | None = None
+    source: str = "command line"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class VoxelPrompt:
+    """An object's prompt in voxel indices, ready for the 3D engine.
+
+    Exactly one of ``box3d`` (``[x0, y0, z0, x1, y1, z1]``, inclusive) or ``key_prompts``
+    (``{z: {"box": [x0, y0, x1, y1], "points": [[x, y]], "point_labels": [..]}}``) is set.
+    """
+
+    label: int
+    name: str
+    box3d: list[float] | None = None
+    key_prompts: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+def load_manifest(path: str | os.PathLike, out_dir: str | os.PathLike | None = None):
+    """Read and validate a manifest file.
+
+    Args:
+        path: the JSON file.
+        out_dir: where outputs go: a case without ``"output"`` writes
+            ``out_dir/<image name>_seg.nii.gz``, and relative outputs resolve against it
+            (against the manifest's folder when ``out_dir`` is None).
+
+    Returns:
+        ``list[CaseSpec]`` in manifest order.
+
+    Raises:
+        ManifestError: unreadable JSON or any schema fault.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest {path}: no such file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"manifest {path}: cannot be read ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise ManifestError(
+            f"manifest {path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+    return parse_manifest(data, f"manifest {path}", path.resolve().parent, out_dir)
+
+
+def parse_manifest(
+    data: Any, source: str, base_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None
+) -> list[CaseSpec]:
+    """Validate manifest ``data`` (already parsed JSON); see :func:`load_manifest`.
+
+    ``source`` names the origin in error messages (``"manifest cases.json"``,
+    ``"command line"``); ``base_dir`` is the folder relative image paths resolve against.
+    """
+    if not isinstance(data, dict):
+        _fail(source, "the top level", data, 'an object {"cases": [...]}')
+    _no_unknown(data, _TOP_KEYS, source, "the top level")
+    space = _space(data.get("space", "voxel"), source, "space")
+    cases = data.get("cases")
+    if not isinstance(cases, list) or not cases:
+        _fail(source, "cases", cases, "a non-empty list of case objects")
+    base = Path(base_dir)
+    out_base = Path(out_dir).resolve() if out_dir is not None else base
+    specs = [_parse_case(c, i, source, base, out_base, out_dir, space) for i, c in enumerate(cases)]
+    _check_unique(specs, source)
+    return specs
+
+
+def _parse_case(
+    case: Any, i: int, source: str, base: Path, out_base: Path, out_dir: Any, space: str
+) -> CaseSpec:
+    where = f"cases[{i}]"
+    if not isinstance(case, dict):
+        _fail(source, where, case, "an object with 'image' and 'objects'")
+    _no_unknown(case, _CASE_KEYS, source, where)
+    image = _path(case.get("image"), source, f"{where}.image", base)
+    if "output" in case:
+        output = _path(case["output"], source, f"{where}.output", out_base)
+    elif out_dir is not None:
+        output = out_base / f"{file_stem(image)}_seg.nii.gz"
+    else:
+        _fail(source, f"{where}.output", None, "a label file path (or run with --out-dir)")
+    if file_suffix(output) not in WRITE_SUFFIXES:
+        _fail(source, f"{where}.output", str(output), f"a file ending in {WRITE_SUFFIXES}")
+    name = case.get("name", file_stem(output))
+    for key in ("name", "modality", "preset", "series_uid"):
+        if key in case and not (isinstance(case[key], str) and case[key].strip()):
+            _fail(source, f"{where}.{key}", case[key], "a non-empty string")
+    comp = case.get("component")
+    if comp is not None and (not _is_int(comp) or comp < 0):
+        _fail(source, f"{where}.component", comp, "an integer >= 0")
+    space = _space(case.get("space", space), source, f"{where}.space")
+    objs = case.get("objects")
+    if not isinstance(objs, list) or not objs:
+        _fail(source, f"{where}.objects", objs, "a non-empty list of objects")
+    objects = [
+        _parse_object(o, f"{where}.objects[{j}]", j, source, space) for j, o in enumerate(objs)
+    ]
+    labels = [o.label for o in objects]
+    dup = sorted({v for v in labels if labels.count(v) > 1})
+    if dup:
+        _fail(source, f"{where}.objects[].label", dup, "a distinct label per object")
+    return CaseSpec(
+        i, image, output, str(name), objects, case.get("modality"), case.get("preset"),
+        case.get("series_uid"), comp, source,
+    )  # fmt: skip
+
+
+def _parse_object(obj: Any, where: str, j: int, source: str, space: str) -> ObjectSpec:
+    if not isinstance(obj, dict):
+        _fail(source, where, obj, "an object with a 'box3d', 'box' + 'slice' or 'points' prompt")
+    _no_unknown(obj, _OBJECT_KEYS, source, where)
+    label = obj.get("label", j + 1)
+    if not _is_int(label) or not 1 <= label <= 65535:
+        _fail(source, f"{where}.label", label, "an integer in 1..65535 (0 is background)")
+    name = obj.get("name", f"object {label}")
+    spec = ObjectSpec(int(label), str(name), _space(obj.get("space", space), source, where))
+    spec.where = f"{source}: {where}"
+    has = [k for k in ("box3d", "box", "points") if k in obj]
+    if not has:
+        _fail(source, where, obj, "one of 'box3d', 'box' (with 'slice') or 'points'")
+    if "box3d" in obj and len(has) > 1:
+        _fail(source, where, has, "'box3d' alone (do not mix it with 'box' or 'points')")
+    if "box3d" in obj:
+        spec.box3d = _numbers(obj["box3d"], 6, source, f"{where}.box3d", "[x0, y0, z0, x1, y1, z1]")
+        _ordered(spec.box3d, (0, 1, 2), (3, 4, 5), source, f"{where}.box3d")
+    if "box" in obj:
+        spec.box = _numbers(obj["box"], 4, source, f"{where}.box", "[x0, y0, x1, y1]")
+        _ordered(spec.box, (0, 1), (2, 3), source, f"{where}.box")
+        if "slice" not in obj:
+            _fail(source, f"{where}.slice", None, "the slice of 'box' (z index, or mm in world)")
+        spec.slice = _numbers([obj["slice"]], 1, source, f"{where}.slice", "a number")[0]
+    elif "slice" in obj:
+        _fail(source, f"{where}.slice", obj["slice"], "'slice' only together with 'box'")
+    if "points" in obj:
+        spec.points, spec.point_labels = _points(obj, source, where)
+    elif "point_labels" in obj:
+        _fail(source, f"{where}.point_labels", obj["point_labels"], "only together with 'points'")
+    return spec
+
+
+def _points(obj: dict, source: str, where: str) -> tuple[list[list[float]], list[int]]:
+    pts = obj["points"]
+    if not isinstance(pts, list) or not pts:
+        _fail(source, f"{where}.points", pts, "a non-empty list of [x, y, z]")
+    points = [
+        _numbers(p, 3, source, f"{where}.points[{k}]", "[x, y, z]") for k, p in enumerate(pts)
+    ]
+    labels = obj.get("point_labels", [1] * len(points))
+    if (
+        not isinstance(labels, list)
+        or len(labels) != len(points)
+        or not all(_is_int(v) and v in (0, 1) for v in labels)
+    ):
+        _fail(
+            source, f"{where}.point_labels", labels,
+            f"a list of {len(points)} values, each 1 (inside) or 0 (outside)",
+        )  # fmt: skip
+    if 1 not in labels and "box" not in obj:
+        _fail(source, f"{where}.point_labels", labels, "at least one positive (1) point")
+    return points, [int(v) for v in labels]
+
+
+def object_prompts(spec: ObjectSpec, volume: Volume) -> VoxelPrompt:
+    """Convert one object's prompt to voxel indices of ``volume`` and check its bounds.
+
+    World coordinates (LPS mm) go through ``world_to_index``; a world box becomes the voxel
+    box enclosing its corners. Slices are rounded to the nearest index.
+
+    Raises:
+        ManifestError: a prompt outside the volume, or a voxel slice that is not an integer.
+    """
+    size = volume.shape_xyz
+    world = spec.space == "world"
+    out = VoxelPrompt(spec.label, spec.name)
+    if spec.box3d is not None:
+        b = spec.box3d
+        if world:
+            b = _enclosing_box(volume, [b[0], b[1], b[2]], [b[3], b[4], b[5]])
+        out.box3d = _in_grid(b, (0, 1, 2, 0, 1, 2), size, spec, "box3d")
+        out.box3d[2], out.box3d[5] = round(out.box3d[2]), round(out.box3d[5])
+        return out
+    if spec.box is not None:
+        x0, y0, x1, y1 = spec.box
+        if world:
+            b = _enclosing_box(volume, [x0, y0, spec.slice], [x1, y1, spec.slice])
+            z = (b[2] + b[5]) / 2.0
+            box = [b[0], b[1], b[3], b[4]]
+        else:
+            box, z = [x0, y0, x1, y1], _voxel_slice(spec.slice, spec, "slice")
+        box = _in_grid(box, (0, 1, 0, 1), size, spec, "box")
+        zi = round(_in_grid([z], (2,), size, spec, "slice")[0])
+        out.key_prompts[zi] = {"box": box}
+    if spec.points is not None:
+        pts = np.asarray(spec.points, dtype=np.float64)
+        if world:
+            pts = np.atleast_2d(world_to_index(volume, pts))
+        for k, (p, lab) in enumerate(zip(pts.tolist(), spec.point_labels or [], strict=True)):
+            x, y, z = _in_grid(p, (0, 1, 2), size, spec, f"points[{k}]")
+            zi = round(z) if world else _voxel_slice(z, spec, f"points[{k}]")
+            key = out.key_prompts.setdefault(zi, {})
+            key.setdefault("points", []).append([x, y])
+            key.setdefault("point_labels", []).append(int(lab))
+    for zi, key in out.key_prompts.items():
+        if "box" not in key and 1 not in key.get("point_labels", []):
+            raise ManifestError(
+                f"{spec.where}.points: slice {zi} has only negative points; "
+                "expected at least one positive point (or a box) on every prompted slice"
+            )
+    return out
+
+
+def _enclosing_box(volume: Volume, lo: list[float], hi: list[float]) -> list[float]:
+    """Voxel box ``[x0, y0, z0, x1, y1, z1]`` enclosing a world box's 8 corners."""
+    corners = np.array(
+        [[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])]
+    )
+    ijk = np.atleast_2d(world_to_index(volume, corners))
+    return [float(v) for v in np.round(np.r_[ijk.min(0), ijk.max(0)], 4)]
+
+
+def _in_grid(
+    vals: list[float], axes: tuple, size: tuple, spec: ObjectSpec, key: str
+) -> list[float]:
+    """Check values against the grid (half a voxel of slack in world space, then clipped)."""
+    slack = 0.5 if spec.space == "world" else 0.0
+    out = []
+    for v, ax in zip(vals, axes, strict=True):
+        if not -slack <= v <= size[ax] - 1 + slack:
+            raise ManifestError(
+                f"{spec.where}.{key}: value {_fmt(vals)} ({'xyz'[ax]} = {v:g}) lies outside the "
+                f"volume; expected {'xyz'[ax]} in 0..{size[ax] - 1} (voxel indices, size x, y, z "
+                f"= {tuple(size)}){' after conversion from LPS mm' if slack else ''}"
+            )
+        out.append(float(min(max(v, 0.0), size[ax] - 1)))
+    return out
+
+
+def _voxel_slice(z: float, spec: ObjectSpec, key: str) -> int:
+    if float(z) != int(z):
+        raise ManifestError(f"{spec.where}.{key}: z = {z:g}; expected an integer slice index")
+    return int(z)
+
+
+# ------------------------------------------------------------------- validation helpers
+def _fail(source: str, where: str, value: Any, expected: str):
+    shown = json.dumps(value) if not isinstance(value, str) else repr(value)
+    if len(shown) > 120:
+        shown = shown[:117] + "..."
+    raise ManifestError(f"{source}: {where} = {shown}; expected {expected}")
+
+
+def _no_unknown(d: dict, allowed: set, source: str, where: str) -> None:
+    extra = sorted(set(d) - allowed)
+    if extra:
+        _fail(source, f"{where} key {extra[0]!r}", d[extra[0]], f"one of {sorted(allowed)}")
+
+
+def _space(value: Any, source: str, where: str) -> str:
+    if value not in SPACES:
+        _fail(source, where, value, "'voxel' (indices, default) or 'world' (LPS mm)")
+    return value
+
+
+def _path(value: Any, source: str, where: str, base: Path) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        _fail(source, where, value, "a file path (relative to the manifest's folder or absolute)")
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _numbers(value: Any, n: int, source: str, where: str, expected: str) -> list[float]:
+    ok = isinstance(value, list) and len(value) == n
+    ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    if not ok or not all(np.isfinite(v) for v in value):
+        _fail(source, where, value, f"{n} finite numbers {expected}")
+    return [float(v) for v in value]
+
+
+def _ordered(vals: list[float], lo: tuple, hi: tuple, source: str, where: str) -> None:
+    if any(vals[a] > vals[b] for a, b in zip(lo, hi, strict=True)):
+        _fail(source, where, vals, "min corner first, then max corner (each max >= its min)")
+
+
+def _check_unique(specs: list[CaseSpec], source: str) -> None:
+    for what in ("output", "name"):
+        seen: dict[Any, int] = {}
+        for s in specs:
+            key = getattr(s, what)
+            if key in seen:
+                _fail(source, f"cases[{s.index}].{what}", str(key),
+                      f"a value distinct from cases[{seen[key]}]")  # fmt: skip
+            seen[key] = s.index
+
+
+def file_stem(path: Path) -> str:
+    """A file name without its volume suffix (``ct1.nii.gz`` -> ``ct1``)."""
+    suffix = file_suffix(path)
+    name = path.name
+    return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
+
+
+def _fmt(vals: list[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in vals) + "]"
