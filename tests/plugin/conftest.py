@@ -9,9 +9,6 @@ import pytest
 
 from tests.conftest import SAMPLE_DATA
 
-pytest.importorskip("napari")
-pytest.importorskip("pytestqt")
-
 WORKER_TIMEOUT_MS = 120_000
 
 
@@ -36,15 +33,35 @@ def wait_idle(qtbot, widget, timeout: int = WORKER_TIMEOUT_MS) -> None:
     qtbot.waitUntil(idle, timeout=timeout)
 
 
-_OPEN: list = []
+@pytest.fixture
+def open_sam(make_napari_viewer, qtbot):
+    """Factory: a viewer with one image and the widget with a model loaded on it.
 
+    ``open_sam(layer_data, model="tiny", **image_kwargs)`` takes a sample key of this plugin
+    or an array. Widgets are shut down (and their workers awaited) before viewers close.
+    """
+    widgets = []
 
-@pytest.fixture(autouse=True)
-def _shutdown_widgets(qtbot):
-    """Stop every widget and let its workers end before the viewer closes."""
-    yield
-    while _OPEN:
-        widget = _OPEN.pop()
+    def factory(layer_data, model="tiny", **layer_kwargs):
+        from napari_sam_med.plugin._widget import SamMedWidget
+
+        viewer = make_napari_viewer()
+        if isinstance(layer_data, str):
+            viewer.open_sample("napari-sam-med", layer_data)
+        else:
+            viewer.add_image(layer_data, **layer_kwargs)
+        widget = SamMedWidget(viewer)
+        widgets.append(widget)
+        viewer.window.add_dock_widget(widget, name="SAM-Med")
+        widget.model_combo.setCurrentText(model)
+        widget.device_combo.setCurrentText("cpu")
+        widget.load_btn.click()
+        qtbot.waitUntil(lambda: widget.session is not None, timeout=WORKER_TIMEOUT_MS)
+        wait_idle(qtbot, widget)
+        return viewer, widget
+
+    yield factory
+    for widget in widgets:
         widget.shutdown()
         qtbot.waitUntil(
             lambda w=widget: (
@@ -52,26 +69,6 @@ def _shutdown_widgets(qtbot):
             ),
             timeout=WORKER_TIMEOUT_MS,
         )
-
-
-def open_widget(make_napari_viewer, qtbot, layer_data, model="tiny", **layer_kwargs):
-    """A viewer with one image and the widget with ``model`` loaded on it."""
-    from napari_sam_med.plugin._widget import SamMedWidget
-
-    viewer = make_napari_viewer()
-    if isinstance(layer_data, str):
-        viewer.open_sample("napari-sam-med", layer_data)
-    else:
-        viewer.add_image(layer_data, **layer_kwargs)
-    widget = SamMedWidget(viewer)
-    _OPEN.append(widget)
-    viewer.window.add_dock_widget(widget, name="SAM-Med")
-    widget.model_combo.setCurrentText(model)
-    widget.device_combo.setCurrentText("cpu")
-    widget.load_btn.click()
-    qtbot.waitUntil(lambda: widget.session is not None, timeout=WORKER_TIMEOUT_MS)
-    wait_idle(qtbot, widget)
-    return viewer, widget
 
 
 def add_point(widget, z, x, y, positive=True):

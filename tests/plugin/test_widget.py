@@ -11,15 +11,15 @@ import pytest
 
 from napari_sam_med.plugin import _layers, _ui
 from tests.conftest import SAMPLE_DATA
-from tests.plugin.conftest import add_box, add_point, open_widget, press, wait_idle
+from tests.plugin.conftest import add_box, add_point, press, wait_idle
 
 pytestmark = pytest.mark.gui
 
 Z = 22  # a slice through lesion 1 of the CT phantom (box3d [24, 45, 18, 47, 64, 26])
 
 
-def test_sample_volume_loads_with_geometry_and_preset(make_napari_viewer, qtbot, sample_manifest):
-    viewer, w = open_widget(make_napari_viewer, qtbot, "ct_phantom")
+def test_sample_volume_loads_with_geometry_and_preset(open_sam, qtbot, sample_manifest):
+    viewer, w = open_sam("ct_phantom")
     info = sample_manifest["volumes"]["ct_phantom"]
     image = viewer.layers["ct_phantom"]
     np.testing.assert_allclose(image.scale, info["spacing_xyz_mm"][::-1])
@@ -38,8 +38,8 @@ def test_sample_volume_loads_with_geometry_and_preset(make_napari_viewer, qtbot,
         assert f"{key}: {what}" in w.help_label.text()
 
 
-def test_point_shows_mask_on_its_slice_and_box_changes_it(make_napari_viewer, qtbot):
-    viewer, w = open_widget(make_napari_viewer, qtbot, "ct_phantom")
+def test_point_shows_mask_on_its_slice_and_box_changes_it(open_sam, qtbot):
+    viewer, w = open_sam("ct_phantom")
     w.go_to(Z)
     assert w.current_z() == Z
     add_point(w, Z, 35, 54)
@@ -55,8 +55,8 @@ def test_point_shows_mask_on_its_slice_and_box_changes_it(make_napari_viewer, qt
     assert not np.array_equal(w.preview_layer.data[Z], after_point), "the box changes the mask"
 
 
-def test_candidate_cycling_key_switches_mask(make_napari_viewer, qtbot):
-    viewer, w = open_widget(make_napari_viewer, qtbot, "ct_phantom")
+def test_candidate_cycling_key_switches_mask(open_sam, qtbot):
+    viewer, w = open_sam("ct_phantom")
     add_point(w, Z, 35, 54)
     wait_idle(qtbot, w)
     _, preview = w.session.last_preview
@@ -69,8 +69,8 @@ def test_candidate_cycling_key_switches_mask(make_napari_viewer, qtbot):
     assert preview.index == first
 
 
-def test_undo_redo_over_prompts_and_commits(make_napari_viewer, qtbot):
-    viewer, w = open_widget(make_napari_viewer, qtbot, "ct_phantom")
+def test_undo_redo_over_prompts_and_commits(open_sam, qtbot):
+    viewer, w = open_sam("ct_phantom")
     add_point(w, Z, 35, 54)
     wait_idle(qtbot, w)
     add_box(w, Z, 24, 45, 47, 64)
@@ -92,8 +92,8 @@ def test_undo_redo_over_prompts_and_commits(make_napari_viewer, qtbot):
     assert len(w.points_layer.data) == 1 and len(w.shapes_layer.data) == 1
 
 
-def test_two_objects_commit_without_overwriting(make_napari_viewer, qtbot):
-    viewer, w = open_widget(make_napari_viewer, qtbot, "ct_phantom")
+def test_two_objects_commit_without_overwriting(open_sam, qtbot):
+    viewer, w = open_sam("ct_phantom")
     add_box(w, Z, 20, 40, 60, 80)
     wait_idle(qtbot, w)
     w.commit_btn.click()
@@ -119,10 +119,10 @@ def test_two_objects_commit_without_overwriting(make_napari_viewer, qtbot):
     assert len(w.shapes_layer.data) == 1
 
 
-def test_save_and_reload_keeps_geometry(make_napari_viewer, qtbot, tmp_path):
+def test_save_and_reload_keeps_geometry(open_sam, qtbot, tmp_path):
     from napari_sam_med.volume.io import read_volume
 
-    viewer, w = open_widget(make_napari_viewer, qtbot, "ct_phantom")
+    viewer, w = open_sam("ct_phantom")
     add_box(w, Z, 24, 45, 47, 64)
     wait_idle(qtbot, w)
     w.commit()
@@ -146,12 +146,10 @@ def test_save_and_reload_keeps_geometry(make_napari_viewer, qtbot, tmp_path):
     np.testing.assert_array_equal(again.array, w.session.labels)
 
 
-def test_worker_errors_notify_and_keep_the_widget_usable(
-    make_napari_viewer, qtbot, tmp_path, monkeypatch
-):
+def test_worker_errors_notify_and_keep_the_widget_usable(open_sam, qtbot, tmp_path, monkeypatch):
     from napari.utils.notifications import notification_manager
 
-    viewer, w = open_widget(make_napari_viewer, qtbot, "ct_phantom")
+    viewer, w = open_sam("ct_phantom")
     add_box(w, Z, 24, 45, 47, 64)
     wait_idle(qtbot, w)
     before = w.session.obj().seg.slices[Z].mask.copy()
@@ -185,11 +183,11 @@ def test_worker_errors_notify_and_keep_the_widget_usable(
 
 
 @pytest.mark.parametrize("rgb", [False, True])
-def test_plain_2d_images(make_napari_viewer, qtbot, rgb):
+def test_plain_2d_images(open_sam, qtbot, rgb):
     rng = np.random.default_rng(0)
     img = (rng.random((48, 64, 3) if rgb else (48, 64)) * 255).astype(np.uint8)
     img[10:30, 20:40] = 255
-    viewer, w = open_widget(make_napari_viewer, qtbot, img, rgb=rgb)
+    viewer, w = open_sam(img, rgb=rgb)
     assert w.preset_combo.currentText() == "identity"
     assert w.points_layer.ndim == 2 and w.preview_layer.data.shape == (48, 64)
     add_point(w, 0, 30, 20)
@@ -200,13 +198,13 @@ def test_plain_2d_images(make_napari_viewer, qtbot, rgb):
     assert w.labels_layer.data.shape == (48, 64) and w.labels_layer.data.any()
 
 
-def test_replay_log_regenerates_masks_with_another_checkpoint(make_napari_viewer, qtbot, tmp_path):
+def test_replay_log_regenerates_masks_with_another_checkpoint(open_sam, qtbot, tmp_path):
     import torch
 
     from napari_sam_med import build_sam, save_checkpoint
     from napari_sam_med.plugin import _persist
 
-    viewer, w = open_widget(make_napari_viewer, qtbot, "ct_phantom")
+    viewer, w = open_sam("ct_phantom")
     add_point(w, Z, 35, 54)
     wait_idle(qtbot, w)
     w.cycle_candidate()
@@ -238,8 +236,8 @@ def test_replay_log_regenerates_masks_with_another_checkpoint(make_napari_viewer
     assert w.session.model_info["name"] == str(ckpt)
 
 
-def test_autosave_and_restore_offer(make_napari_viewer, qtbot):
-    viewer, w = open_widget(make_napari_viewer, qtbot, "ct_phantom")
+def test_autosave_and_restore_offer(open_sam, qtbot):
+    viewer, w = open_sam("ct_phantom")
     assert not w.restore_box.isVisibleTo(w)
     add_box(w, Z, 24, 45, 47, 64)
     wait_idle(qtbot, w)
@@ -248,7 +246,7 @@ def test_autosave_and_restore_offer(make_napari_viewer, qtbot):
     wait_idle(qtbot, w)
     labels = w.session.labels.copy()
     # "crash": reopen the same image in a fresh viewer and widget
-    viewer2, w2 = open_widget(make_napari_viewer, qtbot, "ct_phantom")
+    viewer2, w2 = open_sam("ct_phantom")
     assert w2.restore_box.isVisibleTo(w2)
     assert "1 objects" in w2.restore_label.text()
     w2.restore_btn.click()
