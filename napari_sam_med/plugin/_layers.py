@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from ..preprocessing import slice_xy_to_zyx, zyx_to_slice_xy
-
 GEOMETRY_KEY = "sam_med_geometry"
 POSITIVE = (0.1, 0.9, 0.2, 1.0)
 NEGATIVE = (0.95, 0.1, 0.1, 1.0)
@@ -79,6 +77,8 @@ def reference_volume(shape_zyx: tuple[int, ...], meta: dict[str, Any], scale=Non
 
 def prompts_from_layers(points_layer: Any, shapes_layer: Any) -> dict[int, dict[str, Any]]:
     """All prompts on the layers, per slice: ``{z: {"points", "point_labels", "box"}}``."""
+    from ..preprocessing import zyx_to_slice_xy  # lazily: it imports torch
+
     out: dict[int, dict[str, Any]] = {}
     pts = np.asarray(points_layer.data)
     if len(pts):
@@ -115,6 +115,8 @@ def prompts_to_layers(
     prompts: dict[int, dict[str, Any]], points_layer: Any, shapes_layer: Any
 ) -> None:
     """Show ``prompts`` (``{z: prompt}``, SAM order) on the layers, replacing their content."""
+    from ..preprocessing import slice_xy_to_zyx  # lazily: it imports torch
+
     pts, labs, boxes = [], [], []
     for z, p in sorted(prompts.items()):
         if p.get("points"):

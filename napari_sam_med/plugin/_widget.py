@@ -16,13 +16,15 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QWidget
 
 from . import _layers, _ui, _workers
-from ._engine import default_preset, prepare_image
+from ._engine import default_preset as _guess_preset
+from ._engine import prepare_image
 from ._jobs import JobsMixin
 from ._objects import ObjectsMixin
 
 logger = logging.getLogger(__name__)
 
 PRESETS = [
+    "auto",
     "ct_soft_tissue",
     "ct_lung",
     "ct_bone",
@@ -154,11 +156,8 @@ class SamMedWidget(JobsMixin, ObjectsMixin, QWidget):
     def _on_image_choice(self, *_: Any) -> None:
         layer = self._chosen_image()
         if layer is not None:
-            modality = layer.metadata.get("modality")
-            preset = layer.metadata.get("sam_med_preset") or default_preset(
-                layer.data, layer.rgb, modality
-            )
-            self.preset_combo.setCurrentText(preset)
+            # "auto" is resolved from the data in the loading worker (it needs torch).
+            self.preset_combo.setCurrentText(layer.metadata.get("sam_med_preset") or "auto")
 
     def _chosen_image(self) -> Any:
         name = self.image_combo.currentText()
@@ -211,6 +210,8 @@ class SamMedWidget(JobsMixin, ObjectsMixin, QWidget):
         self.load_btn.setEnabled(False)
         self._set_busy(f"Loading {name}...", 0, 0)
         preset, device = self.preset_combo.currentText(), self.device_combo.currentText()
+        if preset == "auto":
+            preset = (_guess_preset, layer.data, layer.rgb, layer.metadata.get("modality"))
         return self._start(
             f"Loading model {name!r}",
             _workers.load_engine,
@@ -229,6 +230,7 @@ class SamMedWidget(JobsMixin, ObjectsMixin, QWidget):
 
         self.cancel()
         self.engine, self.image_layer = engine, layer
+        self.preset_combo.setCurrentText(engine.preset)
         geom = layer.metadata.get(_layers.GEOMETRY_KEY) or {}
         shape = (engine.num_slices, *engine.segmenter.slice_shape)
         info = {

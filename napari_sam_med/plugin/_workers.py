@@ -133,18 +133,22 @@ def load_engine(
     checkpoint: str | None,
     device: str,
     image: Any,
-    preset: str,
+    preset: Any,
     cache_dir: str | None = None,
 ) -> Any:
     """Build the model and bind it to the image (runs in a worker: imports torch).
 
-    ``cache_dir`` None uses the user cache folder of the embedding cache.
+    ``preset`` is a preset name, or ``(guess, *args)`` to call ``guess(*args)`` in the worker
+    (guessing reads the whole volume and imports torch). ``cache_dir`` None uses the user
+    cache folder of the embedding cache.
     """
     from .. import build_sam
     from ..volume.cache import default_cache_dir
     from ._engine import Engine
 
     cache_dir = str(cache_dir or default_cache_dir())
+    if isinstance(preset, tuple):  # (guess function, *arguments): guess from the data here
+        preset = preset[0](*preset[1:])
 
     model = build_sam(model_name, checkpoint=checkpoint or None, device=device)
     info = {"name": model_name, "checkpoint": checkpoint or None, "device": device}

@@ -111,3 +111,63 @@ def test_built_wheel_ships_and_serves_the_manifest(tmp_path):
     ).stdout.split()
     assert out[0].startswith(str(target)), out  # the wheel's copy, not the editable source
     assert out[1:] == ["False", "napari-sam-med", "1"]
+
+
+def test_shortcuts_are_documented():
+    pytest.importorskip("qtpy")
+    from napari_sam_med.plugin._ui import SHORTCUTS
+
+    doc = (REPO / "docs" / "plugin.md").read_text()
+    for key, what in SHORTCUTS:
+        assert f"| {key} | {what} |" in doc, key
+
+
+def test_widget_presets_match_the_library():
+    pytest.importorskip("qtpy")
+    from napari_sam_med.plugin._widget import PRESETS
+    from napari_sam_med.preprocessing import PRESETS as LIBRARY
+
+    assert sorted(PRESETS) == sorted(["auto", *LIBRARY])
+
+
+def test_opening_the_widget_module_does_not_import_torch():
+    probe = (
+        "import sys, napari_sam_med.plugin._widget, napari_sam_med.plugin._reader\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert out.stdout.strip() == "False"
+
+
+def test_reader_opens_a_dicom_folder_with_its_geometry(shared_data):
+    from napari_sam_med.plugin._reader import get_reader
+    from napari_sam_med.volume.io import read_volume
+
+    folder = shared_data / "ibsi_sts_dicom" / "STS_001" / "CT" / "image"
+    reader = get_reader(str(folder))
+    assert reader is not None
+    ((data, kwargs, kind),) = reader(str(folder))
+    vol = read_volume(folder)
+    assert kind == "image" and data.shape == vol.array.shape
+    assert tuple(kwargs["scale"]) == tuple(vol.spacing[::-1])
+    assert tuple(kwargs["translate"]) == tuple(vol.origin[::-1])
+    assert kwargs["metadata"]["sam_med_geometry"]["direction"] == list(vol.direction)
+
+
+@pytest.mark.parametrize(
+    ("key", "preset"), [("ct_phantom", "ct_soft_tissue"), ("mr_phantom", "mr")]
+)
+def test_sample_data_carries_geometry_and_preset(key, preset, monkeypatch):
+    import json
+
+    from napari_sam_med.plugin import _sample_data
+
+    monkeypatch.setenv("NAPARI_SAM_MED_SAMPLE_DATA", str(REPO / "sample_data"))
+    ((data, kwargs, kind),) = getattr(_sample_data, key)()
+    info = json.loads((REPO / "sample_data" / "sample_data.json").read_text())["volumes"][key]
+    assert kind == "image" and data.shape == tuple(info["size_xyz"][::-1])
+    assert kwargs["metadata"]["sam_med_preset"] == preset
+    assert tuple(kwargs["scale"]) == pytest.approx(info["spacing_xyz_mm"][::-1])
+    assert tuple(kwargs["translate"]) == pytest.approx(info["origin_lps_mm"][::-1])

