@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", default="lite_medsam", help="registry name or checkpoint file")
     model.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps")
     model.add_argument("--preset", help="intensity preset (default: from the modality)")
-    model.add_argument("--modality", help="CT or MR, to guess the preset")
+    model.add_argument("--modality", help="CT or MR, to guess the preset (manifest: default)")
     model.add_argument("--no-progress", action="store_true", help="no progress bars")
     cache = argparse.ArgumentParser(add_help=False)
     cache.add_argument("--cache-dir", type=Path, help="embedding cache (default: user cache)")
@@ -149,13 +149,18 @@ def _cases_from_args(args: argparse.Namespace) -> list:
     if args.manifest is not None:
         if args.image or prompts or args.output:
             raise ValueError("command line: give either --manifest or IMAGE with prompts, not both")
-        return load_manifest(args.manifest, args.out_dir)
+        cases = load_manifest(args.manifest, args.out_dir)
+        for case in cases:
+            case.modality = case.modality or args.modality
+        return cases
     if not args.image:
         raise ValueError("command line: missing IMAGE (or --manifest cases.json)")
     if not prompts:
         raise ValueError(
             "command line: IMAGE needs a prompt: --box3d, --box with --slice, or --points"
         )
+    if not (args.output or args.out_dir):
+        raise ValueError("command line: IMAGE needs -o OUT.nii.gz (or --out-dir DIR)")
     objects: list[dict[str, Any]] = [{"box3d": b} for b in args.box3d or []]
     extra: dict[str, Any] = {}
     if args.box is not None or args.slice is not None:
@@ -175,7 +180,7 @@ def _cases_from_args(args: argparse.Namespace) -> list:
         obj["label"] = k + 1
     case: dict[str, Any] = {"image": args.image, "objects": objects}
     if args.output:
-        case["output"] = args.output
+        case["output"] = str(Path(args.output).resolve())  # -o is relative to the cwd
     if args.modality:
         case["modality"] = args.modality
     data = {"space": args.space, "cases": [case]}
@@ -218,9 +223,9 @@ def _load_model(args: argparse.Namespace, local_rank: int | None = None):
 
     device = args.device
     if local_rank is not None and device in ("auto", "cuda"):
-        import torch
-
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        # one GPU per torchrun rank; CPU-only ranks keep resolve_device's choice
+        if resolve_device("auto").type == "cuda":
+            device = f"cuda:{local_rank}"
     return build_sam(args.model, device=resolve_device(device))
 
 

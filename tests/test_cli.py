@@ -132,7 +132,7 @@ def test_manifest_batch_failure_and_resume(tmp_path: Path, tiny_ckpt: str, capsy
     man = _manifest(tmp_path, cases)
     out, qc, summary = tmp_path / "out", tmp_path / "qc", tmp_path / "summary.json"
     run = ["segment", "--manifest", str(man), "--out-dir", str(out), "--qc", str(qc),
-           "--summary", str(summary)] + _args(tiny_ckpt)  # fmt: skip
+           "--summary", str(summary)] + _args(tiny_ckpt, "--modality", "MR")  # fmt: skip
     assert main(run) == 1  # one case failed, the others went on
     text = capsys.readouterr()
     assert "FAILED missing_seg: " in text.out and "missing.nii.gz: no such file" in text.out
@@ -140,6 +140,7 @@ def test_manifest_batch_failure_and_resume(tmp_path: Path, tiny_ckpt: str, capsy
     assert [r["status"] for r in res][1] == "failed"
     assert res[0]["status"] in ("ok", "empty") and res[2]["status"] in ("ok", "empty")
     assert [o["label"] for o in res[2]["objects"]] == [1, 3]
+    assert res[0]["preset"] == "ct_soft_tissue" and res[2]["preset"] == "mr"  # case, then CLI
     a_out, c_out = out / "a_seg.nii.gz", out / "c_seg.nii.gz"
     stamp = (a_out.stat().st_mtime_ns, c_out.stat().st_mtime_ns)
 
@@ -167,6 +168,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, tiny_ckpt: str, capsys) -> None
         (["segment", str(img), *box, "--model", str(bad_ckpt)], 2, "bad.pt"),
         (["segment", str(tmp_path / "nope.nii.gz"), *box, *_args(tiny_ckpt)], 1, "no such file"),
         (["segment", str(img), "-o", "x.nii.gz", *_args(tiny_ckpt)], 2, "needs a prompt"),
+        (["segment", str(img), "--box3d", *map(str, BOX3D), *_args(tiny_ckpt)], 2, "needs -o"),
         (["segment", str(img), "--box3d", "1", "1", "1", "99", "5", "5", "-o", "x.nii.gz",
           *_args(tiny_ckpt)], 1, r"command line: cases[0].objects[0].box3d: value"),
         (["segment", "--manifest", str(_manifest(tmp_path, [{"image": 1}])), *_args(tiny_ckpt)],
