@@ -105,7 +105,6 @@ class CaseSpec:
     series_uid: str | None = None
     component: int | None = None
     source: str = "command line"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -193,6 +192,8 @@ def _parse_case(
     for key in ("name", "modality", "preset", "series_uid"):
         if key in case and not (isinstance(case[key], str) and case[key].strip()):
             _fail(source, f"{where}.{key}", case[key], "a non-empty string")
+    if any(c in str(name) for c in "/\\") or str(name).startswith("."):
+        _fail(source, f"{where}.name", name, "a file-name-safe name (no / or \\, no leading .)")
     comp = case.get("component")
     if comp is not None and (not _is_int(comp) or comp < 0):
         _fail(source, f"{where}.component", comp, "an integer >= 0")

@@ -107,6 +107,8 @@ BAD = [
     ({"cases": [_one([{"box3d": [0] * 6}])["cases"][0],
                 _one([{"box3d": [0] * 6}], image="b.nii")["cases"][0]]},
      r"cases\[1\]\.output = '.*o\.nii'; expected a value distinct from cases\[0\]"),
+    (_one([{"box3d": [0] * 6}], name="../x"),
+     r"cases\[0\]\.name = '\.\./x'; expected a file-name-safe"),
     (_one([{"box3d": [0] * 6}], component=-1),
      r"cases\[0\]\.component = -1; expected an integer >= 0"),
 ]  # fmt: skip
