@@ -210,8 +210,20 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
                 raise ValueError(f"config {where}{name} must be a mapping, got {value!r}")
             kwargs[name] = _build(type(default), value, f"{where}{name}.")
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce(value, default, f"{where}{name}")
     return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    """Numbers written as strings (YAML 1.1 reads ``3e-4`` as a string) -> the default's type."""
+    if isinstance(default, bool) or not isinstance(value, str):
+        return value
+    if isinstance(default, (int, float)):
+        try:
+            return type(default)(float(value)) if isinstance(default, float) else int(value)
+        except ValueError:
+            raise ValueError(f"config {key}={value!r}; expected a number") from None
+    return value
 
 
 def _validate(cfg: TrainConfig) -> None:

