@@ -28,8 +28,9 @@ class JobsMixin:
         layers = _layers.prompts_from_layers(self.points_layer, self.shapes_layer)
         obj = self.session.obj()
         for z in sorted(set(layers) | set(obj.prompts)):
-            if layers.get(z, {}) != obj.prompts.get(z, {}):
-                self._pending[z] = layers.get(z, {})
+            wanted = layers.get(z, {})
+            if wanted != obj.prompts.get(z, {}) and (z, wanted) != self._inflight:
+                self._pending[z] = wanted
         self._run_pending()
 
     def _run_pending(self) -> None:
@@ -44,6 +45,7 @@ class JobsMixin:
             self._run_pending()
             return
         model_prompt = self.session.model_prompt(label, z, prompt)
+        self._inflight = (z, prompt)
         if not self.engine.is_embedded(z):
             self.status.setText(f"Embedding slice {z}...")
         self._preview_worker = self._start(
@@ -63,7 +65,7 @@ class JobsMixin:
         self._layers_from_session()
 
     def _preview_finished(self) -> None:
-        self._preview_worker = None
+        self._preview_worker = self._inflight = None
         self._run_pending()
 
     def _preview_done(self, label: int, z: int, prompt: dict, preview: Any) -> None:

@@ -51,6 +51,7 @@ class SamMedWidget(JobsMixin, ObjectsMixin, QWidget):
         self._job_worker: Any = None
         self._preview_worker: Any = None
         self._pending: dict[int, dict] = {}
+        self._inflight: tuple[int, dict] | None = None
         self._autosaves = 0
         self._closed = False
         self._syncing = False

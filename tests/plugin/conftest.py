@@ -37,15 +37,15 @@ def wait_idle(qtbot, widget, timeout: int = WORKER_TIMEOUT_MS) -> None:
 def open_sam(make_napari_viewer, qtbot):
     """Factory: a viewer with one image and the widget with a model loaded on it.
 
-    ``open_sam(layer_data, model="tiny", **image_kwargs)`` takes a sample key of this plugin
-    or an array. Widgets are shut down (and their workers awaited) before viewers close.
+    ``open_sam(layer_data, model="tiny", show=False, **image_kwargs)`` takes a sample key of
+    this plugin or an array; ``show`` opens the window (needed for screenshots). Widgets are shut down (and their workers awaited) before viewers close.
     """
     widgets = []
 
-    def factory(layer_data, model="tiny", **layer_kwargs):
+    def factory(layer_data, model="tiny", show=False, **layer_kwargs):
         from napari_sam_med.plugin._widget import SamMedWidget
 
-        viewer = make_napari_viewer()
+        viewer = make_napari_viewer(show=show)
         if isinstance(layer_data, str):
             viewer.open_sample("napari-sam-med", layer_data)
         else:

@@ -41,14 +41,14 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
 
 
-def _open(open_sam):
+def _open(open_sam, show=False):
     from napari_sam_med.build import CheckpointError, locate_lite_medsam_weights
 
     try:
         locate_lite_medsam_weights()
     except CheckpointError as exc:
         pytest.skip(f"LiteMedSAM weights unavailable: {exc}")
-    return open_sam("ct_phantom", model="lite_medsam")
+    return open_sam("ct_phantom", model="lite_medsam", show=show)
 
 
 def test_box_3d_and_a_local_correction(open_sam, qtbot, truth):
@@ -103,7 +103,7 @@ def test_box_3d_and_a_local_correction(open_sam, qtbot, truth):
 def test_screenshot_shows_the_mask_colour_on_the_tumour(open_sam, qtbot, tmp_path, truth):
     from PIL import Image
 
-    viewer, w = _open(open_sam)
+    viewer, w = _open(open_sam, show=True)
     w.go_to(Z)
     add_box(w, Z, *BOX)
     wait_idle(qtbot, w)
