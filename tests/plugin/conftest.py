@@ -38,7 +38,8 @@ def open_sam(make_napari_viewer, qtbot):
     """Factory: a viewer with one image and the widget with a model loaded on it.
 
     ``open_sam(layer_data, model="tiny", show=False, **image_kwargs)`` takes a sample key of
-    this plugin or an array; ``show`` opens the window (needed for screenshots). Widgets are shut down (and their workers awaited) before viewers close.
+    this plugin or an array; ``show`` opens the window (needed for screenshots). Widgets are
+    shut down (and their workers awaited) before viewers close.
     """
     widgets = []
 
