@@ -272,3 +272,42 @@ def test_click_modifiers_choose_point_sign(make_napari_viewer):
     assert int(layer.feature_defaults["label"][0]) == 0
     _layers.click_sign_callback(layer, Click((), button=2))
     assert int(layer.feature_defaults["label"][0]) == 0
+
+
+def test_precompute_shows_progress_can_be_cancelled_and_fills_the_disk_cache(
+    open_sam, qtbot, tmp_path
+):
+    from napari_sam_med import build_sam, save_checkpoint
+
+    viewer, w = open_sam("ct_phantom")
+    ckpt = save_checkpoint(build_sam("tiny", device="cpu"), tmp_path / "tiny.pt")
+    w.model_combo.setCurrentText("checkpoint file")
+    w.checkpoint_edit.setText(str(ckpt))
+
+    def reload() -> None:
+        engine = w.engine
+        w.load_btn.click()
+        qtbot.waitUntil(lambda: w.engine is not engine, timeout=60_000)
+        wait_idle(qtbot, w)
+
+    reload()
+    n = w.engine.num_slices
+    seen = []
+
+    def on_progress(value: int) -> None:
+        seen.append(value)
+        if value >= 3:
+            w.cancel_btn.click()
+
+    w.progress.valueChanged.connect(on_progress)
+    w.precompute_btn.click()
+    assert w.cancel_btn.isEnabled()
+    wait_idle(qtbot, w)
+    w.progress.valueChanged.disconnect(on_progress)
+    done = [z for z in range(n) if w.engine.is_embedded(z)]
+    assert 3 <= len(done) < n, len(done)  # cancelled part-way
+    assert seen and max(seen) < n
+    # the embeddings are on disk: the same model on the same image finds them again
+    reload()
+    assert all(w.engine.is_embedded(z) for z in done)
+    assert w.engine.segmenter.encoder_calls <= 1  # at most the slice in view was computed
