@@ -15,102 +15,23 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from ._state import (
+    MAX_UNDO,
+    Action,
+    Job,
+    LabelEdit,
+    SessionObject,
+    box_around,
+    clean_prompt,
+    color_for,
+)
+
 logger = logging.getLogger(__name__)
-
-# Distinct, colour-blind-friendly colours (Okabe-Ito), RGBA in 0..1, by label value.
-PALETTE = [
-    (0.90, 0.62, 0.00, 1.0),
-    (0.34, 0.71, 0.91, 1.0),
-    (0.00, 0.62, 0.45, 1.0),
-    (0.94, 0.89, 0.26, 1.0),
-    (0.00, 0.45, 0.70, 1.0),
-    (0.84, 0.37, 0.00, 1.0),
-    (0.80, 0.47, 0.65, 1.0),
-]
-MAX_UNDO = 30
-
-
-def color_for(label: int) -> tuple[float, float, float, float]:
-    """The default colour of a label value."""
-    return PALETTE[(int(label) - 1) % len(PALETTE)]
-
-
-@dataclass
-class SessionObject:
-    """One object: its user prompts, accepted key-slice results and 3D segmentation.
-
-    Attributes:
-        seg: the engine's ``ObjectSegmentation`` (label, name, slices, key_prompts).
-        color: RGBA in 0..1.
-        prompts: z -> the user's prompt on that slice (``points``, ``point_labels``, ``box``).
-        pins: z -> the ``SlicePrediction`` the user accepted on a prompted slice.
-        propagated: whether "Segment 3D" has run (new prompts then re-propagate).
-        committed: whether the object is in the labels map.
-    """
-
-    seg: Any
-    color: tuple[float, float, float, float]
-    prompts: dict[int, dict[str, Any]] = field(default_factory=dict)
-    pins: dict[int, Any] = field(default_factory=dict)
-    propagated: bool = False
-    committed: bool = False
-
-    @property
-    def label(self) -> int:
-        return int(self.seg.label)
-
-    @property
-    def name(self) -> str:
-        return str(self.seg.name)
-
-    def copy(self) -> SessionObject:
-        """A copy sharing the (immutable) slice predictions."""
-        seg = copy.copy(self.seg)
-        seg.slices = dict(self.seg.slices)
-        seg.key_prompts = copy.deepcopy(self.seg.key_prompts)
-        seg.stop_reasons = dict(self.seg.stop_reasons)
-        return SessionObject(
-            seg,
-            self.color,
-            copy.deepcopy(self.prompts),
-            dict(self.pins),
-            self.propagated,
-            self.committed,
-        )
-
-
-@dataclass
-class LabelEdit:
-    """Voxels changed in the labels map: flat indices with their old and new values."""
-
-    index: np.ndarray
-    before: np.ndarray
-    after: np.ndarray
-
-
-@dataclass
-class _Action:
-    name: str
-    before: tuple[list[SessionObject], int | None]
-    after: tuple[list[SessionObject], int | None]
-    edit: LabelEdit | None
-
-
-@dataclass
-class Job:
-    """A 3D computation on a copy of one object; iterate :attr:`steps`, then ``finish_job``."""
-
-    kind: str
-    label: int
-    z: int | None
-    work: SessionObject
-    steps: Iterator[Any]
 
 
 class Session:
@@ -138,8 +59,8 @@ class Session:
         self.model_info: dict[str, Any] = {}
         self.preset = ""
         self.last_preview: tuple[int, Any] | None = None
-        self._undo: list[_Action] = []
-        self._redo: list[_Action] = []
+        self._undo: list[Action] = []
+        self._redo: list[Action] = []
 
     # ------------------------------------------------------------------ queries
     def obj(self, label: int | None = None) -> SessionObject:
@@ -183,7 +104,7 @@ class Session:
     def _do(self, name: str, fn: Callable[[], LabelEdit | None], event: dict) -> None:
         before = self._state()
         edit = fn()
-        self._undo.append(_Action(name, before, self._state(), edit))
+        self._undo.append(Action(name, before, self._state(), edit))
         del self._undo[:-MAX_UNDO]
         self._redo.clear()
         self.events.append(event)
@@ -196,7 +117,7 @@ class Session:
         """Redo the last undone change; returns its name (None when there is none)."""
         return self._step_history(self._redo, self._undo, forward=True)
 
-    def _step_history(self, source: list[_Action], target: list[_Action], forward: bool):
+    def _step_history(self, source: list[Action], target: list[Action], forward: bool):
         if not source:
             return None
         act = source.pop()
@@ -321,7 +242,7 @@ class Session:
     def set_prompt(self, label: int, z: int, prompt: dict[str, Any], preview: Any) -> None:
         """Accept a 2D preview for the user prompt on slice ``z`` (``preview`` None clears)."""
         o, z = self.obj(label), int(z)
-        prompt = _clean_prompt(prompt)
+        prompt = clean_prompt(prompt)
 
         def fn() -> None:
             if preview is None:
@@ -374,7 +295,7 @@ class Session:
         """The prompt the model sees: the user's, plus a box around the existing mask when the
         user only clicked points on a slice that 3D propagation had already segmented."""
         o, z = self.obj(label), int(z)
-        out = _clean_prompt(prompt)
+        out = clean_prompt(prompt)
         had = o.seg.slices.get(z)
         if "box" not in out and out and o.propagated and had is not None and had.area:
             if z in o.pins and "box" in o.seg.key_prompts.get(z, {}):
@@ -416,26 +337,3 @@ class Session:
         if job.z is not None:
             event["z"] = job.z
         self._do(job.kind, fn, event)
-
-
-def box_around(mask: np.ndarray, margin: float = 0.0) -> list[float]:
-    """``[x0, y0, x1, y1]`` around a ``(H, W)`` mask, grown by ``margin`` pixels, in the image."""
-    ys, xs = np.nonzero(mask)
-    h, w = mask.shape
-    return [
-        float(max(xs.min() - margin, 0)),
-        float(max(ys.min() - margin, 0)),
-        float(min(xs.max() + margin, w - 1)),
-        float(min(ys.max() + margin, h - 1)),
-    ]
-
-
-def _clean_prompt(prompt: dict[str, Any]) -> dict[str, Any]:
-    """A JSON-friendly copy holding only non-empty ``points``/``point_labels``/``box``."""
-    out: dict[str, Any] = {}
-    if prompt.get("points") is not None and len(prompt["points"]):
-        out["points"] = [[float(v) for v in p] for p in np.asarray(prompt["points"]).tolist()]
-        out["point_labels"] = [int(v) for v in np.asarray(prompt["point_labels"]).ravel()]
-    if prompt.get("box") is not None and len(prompt["box"]):
-        out["box"] = [float(v) for v in np.asarray(prompt["box"]).ravel()]
-    return out

@@ -1,0 +1,126 @@
+"""Plain data of the plugin's state (no Qt): objects, label edits, history actions, jobs.
+
+Prompts are in SAM order: points ``(x, y)`` and boxes ``[x0, y0, x1, y1]`` in pixels of
+one slice.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Distinct, colour-blind-friendly colours (Okabe-Ito), RGBA in 0..1, by label value.
+PALETTE = [
+    (0.90, 0.62, 0.00, 1.0),
+    (0.34, 0.71, 0.91, 1.0),
+    (0.00, 0.62, 0.45, 1.0),
+    (0.94, 0.89, 0.26, 1.0),
+    (0.00, 0.45, 0.70, 1.0),
+    (0.84, 0.37, 0.00, 1.0),
+    (0.80, 0.47, 0.65, 1.0),
+]
+MAX_UNDO = 30
+
+
+def color_for(label: int) -> tuple[float, float, float, float]:
+    """The default colour of a label value."""
+    return PALETTE[(int(label) - 1) % len(PALETTE)]
+
+
+@dataclass
+class SessionObject:
+    """One object: its user prompts, accepted key-slice results and 3D segmentation.
+
+    Attributes:
+        seg: the engine's ``ObjectSegmentation`` (label, name, slices, key_prompts).
+        color: RGBA in 0..1.
+        prompts: z -> the user's prompt on that slice (``points``, ``point_labels``, ``box``).
+        pins: z -> the ``SlicePrediction`` the user accepted on a prompted slice.
+        propagated: whether "Segment 3D" has run (new prompts then re-propagate).
+        committed: whether the object is in the labels map.
+    """
+
+    seg: Any
+    color: tuple[float, float, float, float]
+    prompts: dict[int, dict[str, Any]] = field(default_factory=dict)
+    pins: dict[int, Any] = field(default_factory=dict)
+    propagated: bool = False
+    committed: bool = False
+
+    @property
+    def label(self) -> int:
+        return int(self.seg.label)
+
+    @property
+    def name(self) -> str:
+        return str(self.seg.name)
+
+    def copy(self) -> SessionObject:
+        """A copy sharing the (immutable) slice predictions."""
+        seg = copy.copy(self.seg)
+        seg.slices = dict(self.seg.slices)
+        seg.key_prompts = copy.deepcopy(self.seg.key_prompts)
+        seg.stop_reasons = dict(self.seg.stop_reasons)
+        return SessionObject(
+            seg,
+            self.color,
+            copy.deepcopy(self.prompts),
+            dict(self.pins),
+            self.propagated,
+            self.committed,
+        )
+
+
+@dataclass
+class LabelEdit:
+    """Voxels changed in the labels map: flat indices with their old and new values."""
+
+    index: np.ndarray
+    before: np.ndarray
+    after: np.ndarray
+
+
+@dataclass
+class Action:
+    name: str
+    before: tuple[list[SessionObject], int | None]
+    after: tuple[list[SessionObject], int | None]
+    edit: LabelEdit | None
+
+
+@dataclass
+class Job:
+    """A 3D computation on a copy of one object; iterate :attr:`steps`, then ``finish_job``."""
+
+    kind: str
+    label: int
+    z: int | None
+    work: SessionObject
+    steps: Iterator[Any]
+
+
+def box_around(mask: np.ndarray, margin: float = 0.0) -> list[float]:
+    """``[x0, y0, x1, y1]`` around a ``(H, W)`` mask, grown by ``margin`` pixels, in the image."""
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    return [
+        float(max(xs.min() - margin, 0)),
+        float(max(ys.min() - margin, 0)),
+        float(min(xs.max() + margin, w - 1)),
+        float(min(ys.max() + margin, h - 1)),
+    ]
+
+
+def clean_prompt(prompt: dict[str, Any]) -> dict[str, Any]:
+    """A JSON-friendly copy holding only non-empty ``points``/``point_labels``/``box``."""
+    out: dict[str, Any] = {}
+    if prompt.get("points") is not None and len(prompt["points"]):
+        out["points"] = [[float(v) for v in p] for p in np.asarray(prompt["points"]).tolist()]
+        out["point_labels"] = [int(v) for v in np.asarray(prompt["point_labels"]).ravel()]
+    if prompt.get("box") is not None and len(prompt["box"]):
+        out["box"] = [float(v) for v in np.asarray(prompt["box"]).ravel()]
+    return out
