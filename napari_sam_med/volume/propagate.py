@@ -10,7 +10,8 @@ Modes:
       slice prompted by the previous mask's box (clipped to the 3D box) and its logits.
     * :meth:`Propagator.key_slices` - prompts on one or several slices: propagate between
       them (meeting half-way) and beyond them until the object ends (empty mask, low
-      predicted IoU or stability, an abrupt area or centroid jump) or the volume's edge.
+      predicted IoU or stability, an abrupt area, centroid or intensity jump) or the
+      volume's edge.
     * :meth:`Propagator.correct` - new points or a box on any slice: re-segment it and
       re-propagate outward only as far as the result changes.
 """
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .objects import ObjectSegmentation
-from .slices import SlicePrediction, SliceSegmenter
+from .slices import SlicePrediction, SliceSegmenter, choose_candidate
 
 logger = logging.getLogger(__name__)
 
@@ -52,17 +53,30 @@ class PropagationSettings:
         max_area_growth: stop when the area grows by more than this factor in one slice.
         max_centroid_shift: stop when the centroid moves more than this fraction of the
             previous mask's equivalent diameter.
+        max_intensity_jump / min_intensity_spread: stop when the median intensity (0-255
+            after the preset) under the mask moves by more than ``max_intensity_jump`` times
+            the previous slice's spread (at least ``min_intensity_spread``): the mask has left
+            the tumour for another tissue.
         change_tol: a correction stops re-propagating where Dice(new, old) >= this.
+        select: ``"single"`` uses the single-mask output on propagated slices (as the
+            LiteMedSAM procedure); ``"consistent"`` asks for the three ambiguity masks and
+            keeps the one that overlaps the previous slice's mask best.
+        anisotropy_margin: the box margin is at least this times the ratio of the slice
+            gap to the in-plane pixel size (needs the segmenter's ``spacing``).
     """
 
     box_margin: float = 3.0
-    use_mask_prompt: bool = False
+    use_mask_prompt: bool = True
     min_area: int = 4
     min_iou: float = 0.5
     min_stability: float = 0.5
     max_area_growth: float = 2.5
     max_centroid_shift: float = 0.6
+    max_intensity_jump: float = 1.2
+    min_intensity_spread: float = 6.0
     change_tol: float = 0.97
+    select: str = "single"
+    anisotropy_margin: float = 0.7
 
 
 class Propagator:
@@ -197,10 +211,17 @@ class Propagator:
         pred.prompt.pop("candidates", None)
         return self._clip(pred, clip)
 
+    def margin(self) -> float:
+        """Pixels added around the previous mask's box: the larger of ``box_margin`` on the
+        model grid and ``anisotropy_margin`` x (slice gap / pixel size), because a boundary
+        moves further between thick slices."""
+        s = self.settings
+        grid = s.box_margin * max(self.seg.slice_shape) / self.seg.config.img_size
+        return max(grid, s.anisotropy_margin * self.seg.anisotropy)
+
     def _box_around(self, mask: np.ndarray, clip) -> list[float]:
         ys, xs = np.nonzero(mask)
-        scale = max(self.seg.slice_shape) / self.seg.config.img_size
-        m = self.settings.box_margin * scale
+        m = self.margin()
         h, w = self.seg.slice_shape
         box = [
             max(xs.min() - m, 0.0),
@@ -220,18 +241,32 @@ class Propagator:
     def _step(self, prev: SlicePrediction, z: int, clip) -> SlicePrediction:
         box = self._box_around(prev.mask, clip)
         mask_in = prev.logits[None] if self.settings.use_mask_prompt else None
+        multi = self.settings.select == "consistent"
         pred = self.seg.predict(
-            z, box=np.asarray(box, np.float32), mask_input=mask_in, source="propagated"
+            z,
+            box=np.asarray(box, np.float32),
+            mask_input=mask_in,
+            source="propagated",
+            multimask=multi,
         )
+        if multi:
+            masks = pred.prompt["candidates"]["masks"]
+            overlap = [_dice(self._clip_mask(m, clip), prev.mask) for m in masks]
+            pred = choose_candidate(pred, int(np.argmax(overlap)))
         return self._clip(pred, clip)
 
     def _clip(self, pred: SlicePrediction, clip) -> SlicePrediction:
-        if clip is not None:
-            x0, y0, x1, y1 = (int(round(v)) for v in clip)
-            keep = np.zeros_like(pred.mask)
-            keep[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
-            pred.mask &= keep
+        pred.mask = self._clip_mask(pred.mask, clip)
         return pred
+
+    @staticmethod
+    def _clip_mask(mask: np.ndarray, clip) -> np.ndarray:
+        if clip is None:
+            return mask
+        x0, y0, x1, y1 = (int(round(v)) for v in clip)
+        keep = np.zeros_like(mask)
+        keep[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
+        return mask & keep
 
     def _stop_reason(self, prev: SlicePrediction, pred: SlicePrediction) -> str | None:
         s = self.settings
@@ -247,6 +282,11 @@ class Propagator:
         diam = 2.0 * np.sqrt(max(prev.area, 1) / np.pi)
         if np.hypot(*(c1 - c0)) > s.max_centroid_shift * diam:
             return "centroid_jump"
+        before = self.seg.slice_image(prev.z)[prev.mask]
+        after = self.seg.slice_image(pred.z)[pred.mask]
+        spread = max(float(before.std()), s.min_intensity_spread)
+        if abs(float(np.median(after)) - float(np.median(before))) > s.max_intensity_jump * spread:
+            return "intensity_jump"
         return None
 
     def _walk(

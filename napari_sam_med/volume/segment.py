@@ -121,7 +121,7 @@ def segment_volume(
         ``(labels, objects)``: a ``(z, y, x)`` uint16 label map and the per-object results
         (with their QC traces).
     """
-    seg = SliceSegmenter(model, volume.array, preset=preset, cache=cache)
+    seg = SliceSegmenter(model, volume.array, preset=preset, cache=cache, spacing=volume.spacing)
     prop = Propagator(seg, settings)
     objects = []
     for k, p in enumerate(prompts):

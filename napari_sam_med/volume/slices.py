@@ -67,6 +67,8 @@ class SliceSegmenter:
         preset: intensity preset name (see ``preprocessing.PRESETS``).
         cache: an :class:`EmbeddingCache`; a private in-memory one when None.
         axis: the slicing axis of ``volume`` (0 = axial for a ``(z, y, x)`` array).
+        spacing: voxel size ``(sx, sy, sz)`` in ITK ``(x, y, z)`` order (``Volume.spacing``);
+            None means isotropic. Only the ratio of slice gap to pixel size is used.
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class SliceSegmenter:
         preset: str = "minmax",
         cache: EmbeddingCache | None = None,
         axis: int = 0,
+        spacing: tuple[float, float, float] | None = None,
     ) -> None:
         arr = np.asarray(volume)
         if arr.ndim == 2:
@@ -101,6 +104,7 @@ class SliceSegmenter:
         )
         self.predictor = SamPredictor(model)
         self.encoder_calls = 0
+        self.anisotropy = _anisotropy(spacing, axis)
 
     def _check_finite(self) -> None:
         if np.issubdtype(self.volume.dtype, np.floating):
@@ -174,8 +178,9 @@ class SliceSegmenter:
     ) -> SlicePrediction:
         """Predict slice ``z`` from prompts in ``(x, y)`` pixels of the slice.
 
-        With ``multimask`` the candidate with the highest predicted IoU is returned and the
-        others are attached as ``prompt["candidates"]`` (masks, ious).
+        With ``multimask`` the candidate with the highest predicted IoU is returned and all
+        of them are attached as ``prompt["candidates"]`` (``masks`` (K, H, W) bool, ``ious``
+        list, ``logits`` (K, S, S)); :func:`choose_candidate` picks another one.
         """
         emb, geom = self.embedding(z)
         self.predictor.set_embedding(emb, geom)
@@ -197,10 +202,39 @@ class SliceSegmenter:
             prompt["points"] = np.asarray(points, dtype=float).tolist()
             prompt["point_labels"] = [int(v) for v in np.asarray(labels).ravel()]
         if multimask:
-            prompt["candidates"] = {"masks": masks > 0, "ious": ious.tolist()}
+            prompt["candidates"] = {"masks": masks > 0, "ious": ious.tolist(), "logits": low}
         return SlicePrediction(
             int(z), masks[best] > 0, logits, float(ious[best]), stab, source, prompt
         )
+
+
+def choose_candidate(pred: SlicePrediction, index: int) -> SlicePrediction:
+    """The same prediction with candidate ``index`` (of a ``multimask`` prediction) chosen."""
+    cands = pred.prompt.get("candidates")
+    if cands is None:
+        raise ValueError("this prediction has no candidates; predict with multimask=True")
+    logits = cands["logits"][index]
+    return SlicePrediction(
+        pred.z,
+        cands["masks"][index].copy(),
+        logits,
+        float(cands["ious"][index]),
+        _stability(logits),
+        pred.source,
+        {k: v for k, v in pred.prompt.items() if k != "candidates"},
+    )
+
+
+def _anisotropy(spacing: tuple[float, float, float] | None, axis: int) -> float:
+    """Slice gap over in-plane pixel size along ``axis`` of a ``(z, y, x)`` array."""
+    if spacing is None:
+        return 1.0
+    sp = np.asarray(spacing, dtype=float).ravel()
+    if sp.shape != (3,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+        raise ValueError(f"spacing must be three positive numbers (sx, sy, sz); got {spacing}")
+    zyx = sp[::-1]
+    in_plane = np.delete(zyx, axis)
+    return float(zyx[axis] / in_plane.mean())
 
 
 def _stability(logits: np.ndarray, offset: float = 1.0) -> float:

@@ -1,0 +1,78 @@
+"""The dev cases of ``../shared/data`` used by the volume benchmarks (read-only, never copied).
+
+Each case is an image, its binary target (label > 0) and a modality; the 3D box is the
+label's bounding box in inclusive voxel indices ``[x0, y0, z0, x1, y1, z1]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_sam_med.volume.io import read_volume
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@dataclass
+class DevCase:
+    name: str
+    modality: str
+    image: Path
+    label: Path
+
+    def load(self) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+        """``(image (z, y, x) float32, target (z, y, x) bool, spacing_xyz)``."""
+        img = read_volume(self.image)
+        lab = read_volume(self.label)
+        return img.array.astype(np.float32), lab.array > 0, img.spacing
+
+
+def dev_cases(root: Path = SHARED) -> list[DevCase]:
+    """The 20 cases of ``REFERENCE.md``, in its order."""
+    cases: list[DevCase] = []
+    for sts in ("001", "002", "003", "004", "005", "006", "007", "008", "010"):
+        d = root / "ibsi_sts" / f"STS_{sts}"
+        for mod, stem in (("CT", "CT"), ("MR", "MR_T1")):
+            if (d / f"{stem}_image.nii.gz").exists():
+                cases.append(
+                    DevCase(
+                        f"STS_{sts}_{stem}",
+                        mod,
+                        d / f"{stem}_image.nii.gz",
+                        d / f"{stem}_mask.nii.gz",
+                    )
+                )
+    pr = root / "pyradiomics"
+    for name in ("brain1", "breast1"):
+        cases.append(DevCase(name, "MR", pr / f"{name}_image.nrrd", pr / f"{name}_label.nrrd"))
+    b = root / "brats2015" / "pat0001"
+    cases.append(
+        DevCase(
+            "brats_pat0001_flair",
+            "MR",
+            b / "Flair_subtrMeanDivStd.nii.gz",
+            b / "OTMultiClass.nii.gz",
+        )
+    )
+    return [c for c in cases if c.image.exists() and c.label.exists()]
+
+
+def box3d_of(target: np.ndarray) -> list[int]:
+    """Inclusive ``[x0, y0, z0, x1, y1, z1]`` of a ``(z, y, x)`` mask."""
+    zs, ys, xs = np.nonzero(target)
+    return [
+        int(xs.min()),
+        int(ys.min()),
+        int(zs.min()),
+        int(xs.max()),
+        int(ys.max()),
+        int(zs.max()),
+    ]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s

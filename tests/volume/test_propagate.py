@@ -1,0 +1,215 @@
+"""The 3D engine: 3D box, one 2D prompt with stop criteria, key slices, corrections, objects."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_sam_med.volume.io import read_volume
+from napari_sam_med.volume.objects import ObjectSegmentation, compose_labels
+from napari_sam_med.volume.propagate import Progress, PropagationSettings, Propagator, run
+from napari_sam_med.volume.slices import SliceSegmenter
+
+SAMPLE_DATA = Path(__file__).resolve().parents[2] / "sample_data"
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / max(int(a.sum()) + int(b.sum()), 1)
+
+
+@pytest.fixture(scope="module")
+def sample_ct():
+    meta = json.loads((SAMPLE_DATA / "sample_data.json").read_text())["volumes"]["ct_phantom"]
+    image = read_volume(SAMPLE_DATA / meta["image"])
+    label = read_volume(SAMPLE_DATA / meta["label"]).array
+    return image, label, meta
+
+
+@pytest.fixture(scope="module")
+def ct_segmenter(lite_medsam, sample_ct):
+    image, _, meta = sample_ct
+    return SliceSegmenter(lite_medsam, image.array, meta["preset"])
+
+
+def blob_volume(shape=(9, 48, 80)) -> tuple[np.ndarray, np.ndarray]:
+    """A non-square, anisotropic-looking volume with one bright ellipsoid."""
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    blob = ((z - 4) / 3.5) ** 2 + ((y - 24) / 10) ** 2 + ((x - 50) / 16) ** 2 <= 1
+    rng = np.random.default_rng(1)
+    vol = rng.normal(0, 10, shape).astype(np.float32) + 120 * blob
+    return vol, blob
+
+
+def test_box3d_on_sample_ct(ct_segmenter, sample_ct):
+    image, label, meta = sample_ct
+    spec = meta["objects"][0]
+    x0, y0, z0, x1, y1, z1 = spec["box3d"]
+    obj = ObjectSegmentation(spec["label"], spec["name"])
+    events = run(Propagator(ct_segmenter).box3d(obj, spec["box3d"]))
+    assert all(isinstance(e, Progress) for e in events)
+    assert events[-1].done == events[-1].total == z1 - z0 + 1
+    mask = obj.to_mask(label.shape)
+    assert dice(mask, label == spec["label"]) > 0.85
+    zs = np.nonzero(mask.any(axis=(1, 2)))[0]
+    assert zs.min() >= z0 and zs.max() <= z1  # stays inside the z-range
+    ys, xs = np.nonzero(mask.any(axis=0))
+    assert xs.min() >= x0 and xs.max() <= x1 and ys.min() >= y0 and ys.max() <= y1
+    trace = obj.qc_trace()
+    assert {r["source"] for r in trace} == {"box", "propagated"}
+    assert all(0 <= r["predicted_iou"] <= 1.5 and r["area"] > 0 for r in trace)
+    summary = obj.summary(image.spacing)
+    expected_ml = mask.sum() * np.prod(image.spacing) / 1000
+    assert summary["volume_ml"] == pytest.approx(expected_ml, rel=1e-3)
+
+
+def test_one_2d_box_propagates_until_the_object_ends(ct_segmenter, sample_ct):
+    _, label, meta = sample_ct
+    spec = meta["objects"][0]
+    target = label == spec["label"]
+    z = int(np.argmax(target.sum(axis=(1, 2))))
+    ys, xs = np.nonzero(target[z])
+    box = [xs.min(), ys.min(), xs.max(), ys.max()]
+    obj = ObjectSegmentation(1, key_prompts={z: {"box": box}})
+    run(Propagator(ct_segmenter).key_slices(obj))
+    assert set(obj.stop_reasons) == {"down", "up"}
+    valid = {
+        "empty",
+        "low_iou",
+        "low_stability",
+        "area_jump",
+        "centroid_jump",
+        "intensity_jump",
+        "volume_edge",
+    }
+    assert set(obj.stop_reasons.values()) <= valid
+    mask = obj.to_mask(label.shape)
+    assert dice(mask, target) > 0.8
+    zt = np.nonzero(target.any(axis=(1, 2)))[0]
+    zm = np.nonzero(mask.any(axis=(1, 2)))[0]
+    assert abs(int(zm.min()) - int(zt.min())) <= 2 and abs(int(zm.max()) - int(zt.max())) <= 2
+
+
+def test_correction_changes_only_nearby_slices(ct_segmenter, sample_ct):
+    _, label, meta = sample_ct
+    spec = meta["objects"][0]
+    obj = ObjectSegmentation(1)
+    prop = Propagator(ct_segmenter)
+    run(prop.box3d(obj, spec["box3d"]))
+    before = {z: p.mask.copy() for z, p in obj.slices.items()}
+    z0, z1 = spec["box3d"][2], spec["box3d"][5]
+    zc = z0 + 1
+    ys, xs = np.nonzero(obj.slices[zc].mask)
+    # a negative click on the object's right-most column on that slice
+    events = run(
+        prop.correct(
+            obj, zc, points=np.array([[xs.max(), ys[np.argmax(xs)]]]), labels=np.array([0])
+        )
+    )
+    assert events[0].message == "corrected slice"
+    assert obj.slices[zc].source == "correction"
+    touched = {e.z for e in events}
+    assert max(abs(z - zc) for z in touched) < (z1 - z0)  # stopped before re-doing everything
+    untouched = [z for z in before if z not in touched]
+    assert untouched, "a local correction must leave distant slices alone"
+    for z in untouched:
+        np.testing.assert_array_equal(obj.slices[z].mask, before[z])
+
+
+def test_non_square_anisotropic_volume_with_tiny_model(tiny_model):
+    vol, blob = blob_volume()
+    seg = SliceSegmenter(tiny_model, vol, "minmax")
+    obj = ObjectSegmentation(1)
+    box = [34, 14, 1, 66, 34, 7]
+    events = run(Propagator(seg).box3d(obj, box))
+    assert len(events) == 7 or obj.stop_reasons  # random weights may end early on empty
+    for z, p in obj.slices.items():
+        assert 1 <= z <= 7 and p.mask.shape == (48, 80)
+        ys, xs = np.nonzero(p.mask)
+        if len(xs):
+            assert xs.min() >= 34 and xs.max() <= 66 and ys.min() >= 14 and ys.max() <= 34
+
+
+def test_key_slices_between_and_beyond(tiny_model, monkeypatch):
+    vol, blob = blob_volume()
+    seg = SliceSegmenter(tiny_model, vol, "minmax")
+
+    # a deterministic stand-in for the network's mask, so the walk itself is what is tested
+    def fake_predict(z, box=None, points=None, labels=None, mask_input=None, source="", **_):
+        from napari_sam_med.volume.slices import SlicePrediction
+
+        return SlicePrediction(
+            z,
+            blob[z].copy(),
+            np.zeros((32, 32), np.float32),
+            0.9,
+            0.95,
+            source,
+            {"box": list(map(float, box))} if box is not None else {},
+        )
+
+    monkeypatch.setattr(seg, "predict", fake_predict)
+    obj = ObjectSegmentation(
+        1, key_prompts={2: {"box": [34, 14, 66, 34]}, 6: {"box": [34, 14, 66, 34]}}
+    )
+    run(Propagator(seg).key_slices(obj))
+    zs = sorted(obj.slices)
+    assert zs == [z for z in range(9) if blob[z].sum() >= 4]
+    assert obj.slices[2].source == obj.slices[6].source == "box"
+    assert obj.slices[4].source == "propagated"
+    assert obj.stop_reasons == {"down": "empty", "up": "empty"}
+
+
+def test_stop_on_area_jump(tiny_model, monkeypatch):
+    vol, blob = blob_volume()
+    seg = SliceSegmenter(tiny_model, vol, "minmax")
+    from napari_sam_med.volume.slices import SlicePrediction
+
+    def fake_predict(z, box=None, **kw):
+        m = blob[z].copy() if z <= 5 else np.ones_like(blob[z])  # leaks into everything at z=6
+        return SlicePrediction(z, m, np.zeros((32, 32), np.float32), 0.9, 0.95, "x", {})
+
+    monkeypatch.setattr(seg, "predict", fake_predict)
+    obj = ObjectSegmentation(1, key_prompts={4: {"box": [34, 14, 66, 34]}})
+    run(Propagator(seg, PropagationSettings()).key_slices(obj))
+    assert obj.stop_reasons["up"] == "area_jump" and 6 not in obj.slices
+
+
+def test_multiple_objects_never_overwrite():
+    from napari_sam_med.volume.slices import SlicePrediction
+
+    a, b = np.zeros((4, 4), bool), np.zeros((4, 4), bool)
+    a[:2, :] = True
+    b[1:3, :] = True
+    oa = ObjectSegmentation(1, slices={0: SlicePrediction(0, a, None, 1, 1, "box")})
+    ob = ObjectSegmentation(2, slices={0: SlicePrediction(0, b, None, 1, 1, "box")})
+    labels = compose_labels([oa, ob], (1, 4, 4))
+    assert (labels[0, :2] == 1).all() and (labels[0, 2] == 2).all()
+    over = compose_labels([oa, ob], (1, 4, 4), overwrite=True)
+    assert (over[0, 1] == 2).all()
+    with pytest.raises(ValueError, match="label must be >= 1"):
+        ObjectSegmentation(0)
+
+
+@pytest.mark.parametrize(
+    "box, match",
+    [
+        ([1, 2, 3], "box3d must be"),
+        ([10, 10, 5, 5, 5, 8], "max corner"),
+        ([0, 0, 0, 90, 10, 3], "outside the volume"),
+        ([0, 0, 0, np.nan, 10, 3], "box3d must be"),
+    ],
+)
+def test_bad_box3d(tiny_model, box, match):
+    seg = SliceSegmenter(tiny_model, blob_volume()[0], "minmax")
+    with pytest.raises(ValueError, match=match):
+        run(Propagator(seg).box3d(ObjectSegmentation(1), box))
+
+
+def test_nan_volume_is_refused(tiny_model):
+    vol = blob_volume()[0]
+    vol[3, 4, 5] = np.nan
+    with pytest.raises(ValueError, match="1 NaN/Inf"):
+        SliceSegmenter(tiny_model, vol, "minmax")
