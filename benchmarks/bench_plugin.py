@@ -35,8 +35,33 @@ REPO = Path(__file__).resolve().parents[1]
 LESION = {"z": 22, "box": (24, 45, 47, 64), "clicks": [(35, 54), (30, 50), (40, 58), (33, 60)]}
 
 
-def tick_gaps(app, until, interval_ms: int = 10, max_s: float = 600.0) -> list[float]:
-    """Run the event loop until ``until()`` and return the gaps (s) between timer ticks."""
+def run_until(cond, max_s: float = 1200.0, poll_ms: int = 2) -> float:
+    """Run the Qt event loop (as napari does, idle in C++) until ``cond()``; returns seconds.
+
+    A Python busy-loop around ``processEvents`` would compete with the workers for the GIL
+    and the CPU and distort both measurements.
+    """
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    t0 = time.perf_counter()
+
+    def check() -> None:
+        if cond() or time.perf_counter() - t0 > max_s:
+            loop.quit()
+
+    timer = QTimer()
+    timer.timeout.connect(check)
+    timer.start(poll_ms)
+    loop.exec()
+    timer.stop()
+    if not cond():
+        raise TimeoutError("the widget did not finish in time")
+    return time.perf_counter() - t0
+
+
+def tick_gaps(until, interval_ms: int = 10) -> list[float]:
+    """Gaps (s) between the ticks of a ``interval_ms`` QTimer while the loop runs to ``until``."""
     from qtpy.QtCore import QTimer
 
     ticks: list[float] = []
@@ -44,23 +69,9 @@ def tick_gaps(app, until, interval_ms: int = 10, max_s: float = 600.0) -> list[f
     timer.setInterval(interval_ms)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     timer.start()
-    t0 = time.perf_counter()
-    while not until() and time.perf_counter() - t0 < max_s:
-        app.processEvents()
-        time.sleep(0.001)
+    run_until(until, poll_ms=interval_ms)
     timer.stop()
     return list(np.diff(ticks))
-
-
-def wait(app, cond, max_s: float = 600.0) -> float:
-    """Process events until ``cond()``; returns the seconds waited."""
-    t0 = time.perf_counter()
-    while not cond():
-        if time.perf_counter() - t0 > max_s:
-            raise TimeoutError("the widget did not finish in time")
-        app.processEvents()
-        time.sleep(0.0005)
-    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -89,16 +100,16 @@ def main(argv: list[str] | None = None) -> dict:
     widget.model_combo.setCurrentText(args.model)
     widget.device_combo.setCurrentText("cpu")
     widget.load_btn.click()
-    wait(app, lambda: widget.session is not None)
-    wait(app, lambda: not widget.busy())
+    run_until(lambda: widget.session is not None)
+    run_until(lambda: not widget.busy())
     n = widget.engine.num_slices
 
     t_idle = 3.0
     end = time.perf_counter() + t_idle
-    idle = tick_gaps(app, lambda: time.perf_counter() > end)
+    idle = tick_gaps(lambda: time.perf_counter() > end)
     t0 = time.perf_counter()
     widget.precompute()
-    busy = tick_gaps(app, lambda: not widget.busy())
+    busy = tick_gaps(lambda: not widget.busy())
     t_pre = time.perf_counter() - t0
     stall_ms = (max(busy) - 0.010) * 1000
     idle_ms = (max(idle) - 0.010) * 1000
@@ -106,14 +117,14 @@ def main(argv: list[str] | None = None) -> dict:
     # click -> preview latency on an embedded slice
     z = LESION["z"]
     widget.go_to(z)
-    wait(app, lambda: not widget.busy())
+    run_until(lambda: not widget.busy())
     latencies = []
     for x, y in LESION["clicks"]:
         before = widget.session.last_preview
         _layers.set_point_label(widget.points_layer, True)
         t0 = time.perf_counter()
         widget.points_layer.add(np.array([z, y, x], float))
-        wait(app, lambda b=before: widget.session.last_preview is not b and not widget.busy())
+        run_until(lambda b=before: widget.session.last_preview is not b and not widget.busy())
         latencies.append((time.perf_counter() - t0) * 1000)
     prompt = widget.session.obj().prompts[z]
     direct = []
@@ -143,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps(result, indent=1))
     print("command:", " ".join([sys.executable, *sys.argv]))
     widget.shutdown()
-    wait(app, lambda: not widget.busy())
+    run_until(lambda: not widget.busy())
     viewer.close()
     return result
 
@@ -152,18 +163,18 @@ def save_screenshot(app, viewer, widget, path: Path) -> None:
     """Segment lesion 1 in 3D from one box and save the whole window (widget included)."""
     z = LESION["z"]
     widget.points_layer.data = np.zeros((0, 3))
-    wait(app, lambda: not widget.busy())
+    run_until(lambda: not widget.busy())
     corners = [[z, y, x] for y, x in ((45, 24), (45, 47), (64, 47), (64, 24))]
     widget.shapes_layer.add_rectangles(np.array(corners, float))
-    wait(app, lambda: not widget.busy())
+    run_until(lambda: not widget.busy())
     widget.segment3d()
-    wait(app, lambda: not widget.busy())
+    run_until(lambda: not widget.busy())
     widget.go_to(z)
     viewer.window.resize(1500, 950)
     viewer.reset_view()
     viewer.camera.zoom *= 1.5
     viewer.camera.center = tuple(widget.image_layer.data_to_world([z, 56, 50])[-2:])
-    wait(app, lambda: True)
+    run_until(lambda: True)
     path.parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(path), canvas_only=False, flash=False)
 

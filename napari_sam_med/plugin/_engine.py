@@ -102,6 +102,8 @@ class Engine:
         preset: intensity preset name.
         cache_dir: the on-disk embedding cache folder (None keeps it in memory).
         model_info: JSON-friendly description of the model (name, checkpoint), for the log.
+        spacing: voxel size ``(sx, sy, sz)`` in mm (ITK order), for anisotropy-aware
+            propagation; None means isotropic.
     """
 
     def __init__(
@@ -111,13 +113,16 @@ class Engine:
         preset: str,
         cache_dir: Any = None,
         model_info: dict[str, Any] | None = None,
+        spacing: tuple[float, float, float] | None = None,
     ) -> None:
         from ..volume.cache import EmbeddingCache
         from ..volume.slices import SliceSegmenter
 
         self.model = model
         self.model_info = dict(model_info or {})
-        self.segmenter = SliceSegmenter(model, image, preset, cache=EmbeddingCache(cache_dir))
+        self.segmenter = SliceSegmenter(
+            model, image, preset, cache=EmbeddingCache(cache_dir), spacing=spacing
+        )
         self.preset = self.segmenter.preset
         self.lock = threading.RLock()
 
@@ -144,30 +149,42 @@ class Engine:
             return self.segmenter.predict(z, **kwargs)
 
     def preview(self, z: int, prompt: dict[str, Any]) -> Preview:
-        """Predict slice ``z`` from a prompt, with the three ambiguity candidates.
+        """Predict slice ``z`` from a prompt, with the three ambiguity candidates."""
+        steps = self.preview_steps(z, prompt)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as stop:
+                return stop.value
 
-        A single point keeps SAM's advice (the candidate of highest predicted IoU); a box or
-        several points default to the single-mask output, kept as the ``auto`` candidate.
+    def preview_steps(self, z: int, prompt: dict[str, Any]) -> Iterator[Preview]:
+        """Like :meth:`preview`, but yields the mask to show first and returns the complete
+        :class:`Preview` (with all candidates) afterwards.
+
+        A single point keeps SAM's advice (the candidate of highest predicted IoU, one
+        decoder pass). A box or several points default to the single-mask output, which is
+        yielded at once; the three ambiguity masks are decoded afterwards and the returned
+        preview lists them before the ``auto`` (single-mask) candidate, which stays chosen.
         """
+        from ..volume.slices import choose_candidate
+
         box, pts, lab = prompt_arrays(prompt, self.segmenter.slice_shape)
         if box is None and pts is None:
             raise ValueError(f"slice {z}: the prompt has no points and no box")
-        multi = self.predict(z, box=box, points=pts, labels=lab, multimask=True, source="prompt")
-        cands = multi.prompt.pop("candidates")
-        preds = []
-        for mask, iou in zip(cands["masks"], cands["ious"], strict=True):
-            p = copy.copy(multi)
-            p.mask, p.iou, p.prompt = np.asarray(mask, bool), float(iou), dict(multi.prompt)
-            preds.append(p)
+        args = {"box": box, "points": pts, "labels": lab, "source": "prompt"}
+        single = None
+        if box is not None or len(pts) > 1:
+            single = self.predict(z, multimask=False, **args)
+            yield Preview(int(z), prompt, [single], ["auto"], 0)
+        multi = self.predict(z, multimask=True, **args)
+        ious = multi.prompt["candidates"]["ious"]
+        preds = [choose_candidate(multi, i) for i in range(len(ious))]
         names = [str(i + 1) for i in range(len(preds))]
-        index = int(np.argmax(cands["ious"]))
-        if box is not None or (pts is not None and len(pts) > 1):
-            preds.append(
-                self.predict(z, box=box, points=pts, labels=lab, multimask=False, source="prompt")
-            )
-            names.append("auto")
-            index = len(preds) - 1
-        return Preview(int(z), prompt, preds, names, index)
+        if single is None:
+            full = Preview(int(z), prompt, preds, names, int(np.argmax(ious)))
+            yield full
+            return full
+        return Preview(int(z), prompt, [*preds, single], [*names, "auto"], len(preds))
 
     def propagator(self, pins: dict[int, Any]) -> Any:
         """A ``Propagator`` whose key slices use ``pins`` (z -> the mask the user accepted)."""

@@ -54,7 +54,8 @@ class JobsMixin:
             self.engine,
             z,
             model_prompt,
-            on_done=lambda pv: self._preview_done(label, z, prompt, pv),
+            on_yield=lambda pv: self._preview_done(label, z, prompt, pv),
+            on_done=self._candidates_ready,
             on_fail=self._preview_failed,
             on_finished=self._preview_finished,
         )
@@ -76,6 +77,13 @@ class JobsMixin:
         obj = self.session.obj(label)
         if obj.propagated and self.repropagate_check.isChecked():
             self._start_job(self.session.correction_job(self.engine, z, label))
+
+    def _candidates_ready(self, full: Any) -> None:
+        """The ambiguity candidates arrived after the mask was shown: offer them for cycling."""
+        last = self.session.last_preview
+        if last is not None and last[1].z == full.z and last[1].chosen is full.chosen:
+            self.session.last_preview = (last[0], full)
+            self.candidates_label.setText(f"Slice {full.z} candidates: {full.describe()}")
 
     def cycle_candidate(self, step: int = 1) -> None:
         """Show the next (or previous) ambiguity candidate of the last 2D preview."""
@@ -174,5 +182,7 @@ class JobsMixin:
         else:
             obj = self.session.obj()
             self._preview[:] = obj.seg.to_mask(self.session.shape)
-            self.preview_layer.colormap = _layers.label_colormap({1: obj.color})
+            if getattr(self, "_preview_color", None) != obj.color:
+                self.preview_layer.colormap = _layers.label_colormap({1: obj.color})
+                self._preview_color = obj.color
         self.preview_layer.refresh()

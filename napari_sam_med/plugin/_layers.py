@@ -72,6 +72,16 @@ def reference_volume(shape_zyx: tuple[int, ...], meta: dict[str, Any], scale=Non
     return Volume(zeros, tuple(sc[::-1]), tuple(tr[::-1]))
 
 
+def spacing_xyz(image_layer: Any) -> tuple[float, float, float] | None:
+    """The voxel size ``(sx, sy, sz)`` of a volume layer (None for 2D images)."""
+    geom = image_layer.metadata.get(GEOMETRY_KEY)
+    if geom is not None:
+        return tuple(float(v) for v in geom["spacing"])
+    if image_layer.ndim - int(image_layer.rgb) < 3:
+        return None
+    return tuple(float(v) for v in image_layer.scale[-3:][::-1])
+
+
 # ------------------------------------------------------------------- prompts
 
 

@@ -113,9 +113,8 @@ class ObjectsMixin:
         else:
             self._show_object()
             self._layers_from_session()
-        colors = {o.label: o.color for o in s.objects}
-        self.labels_layer.colormap = _layers.label_colormap(colors)
-        self.labels_layer.refresh()
+        if slices is None or event in LABEL_EVENTS:
+            self._refresh_labels()
         self._fill_table()
         flagged = s.obj().seg.flagged_slices() if s.current is not None else []
         self.flagged_list.clear()
@@ -124,6 +123,13 @@ class ObjectsMixin:
         self.redo_btn.setEnabled(s.can_redo)
         if event in LABEL_EVENTS:
             self._autosave()
+
+    def _refresh_labels(self) -> None:
+        colors = {o.label: o.color for o in self.session.objects}
+        if colors != getattr(self, "_label_colors", None):  # a new colormap is costly
+            self.labels_layer.colormap = _layers.label_colormap(colors)
+            self._label_colors = colors
+        self.labels_layer.refresh()
 
     def _layers_from_session(self) -> None:
         prompts = self.session.obj().prompts if self.session.current is not None else {}

@@ -221,6 +221,7 @@ class SamMedWidget(JobsMixin, ObjectsMixin, QWidget):
             device,
             image,
             preset,
+            spacing=_layers.spacing_xyz(layer),
             on_done=lambda engine: self._engine_ready(engine, layer),
             on_fail=self._failed,
             on_finished=lambda: (self.load_btn.setEnabled(True), self._set_idle()),
@@ -241,7 +242,7 @@ class SamMedWidget(JobsMixin, ObjectsMixin, QWidget):
             "volume_hash": engine.segmenter.volume_hash,
             **geom,
         }
-        self.session = Session(shape, tuple(geom["spacing"]) if geom else None, info)
+        self.session = Session(shape, _layers.spacing_xyz(layer), info)
         self.session.model_info, self.session.preset = dict(engine.model_info), engine.preset
         self._make_layers(layer)
         self.session.new_object()

@@ -135,6 +135,7 @@ def load_engine(
     image: Any,
     preset: Any,
     cache_dir: str | None = None,
+    spacing: tuple[float, float, float] | None = None,
 ) -> Any:
     """Build the model and bind it to the image (runs in a worker: imports torch).
 
@@ -153,7 +154,7 @@ def load_engine(
     model = build_sam(model_name, checkpoint=checkpoint or None, device=device)
     info = {"name": model_name, "checkpoint": checkpoint or None, "device": device}
     info["config"] = getattr(model.config, "name", model_name)
-    engine = Engine(model, image, preset, cache_dir, info)
+    engine = Engine(model, image, preset, cache_dir, info, spacing)
     engine.cache_dir = cache_dir
     return engine
 
@@ -163,9 +164,10 @@ def embed_slices(engine: Any, slices: list[int]) -> Iterator[tuple[int, int, int
     yield from engine.precompute(slices)
 
 
-def preview(engine: Any, z: int, prompt: dict[str, Any]) -> Any:
-    """The 2D preview of one slice's prompt (embeds the slice first if needed)."""
-    return engine.preview(z, prompt)
+def preview(engine: Any, z: int, prompt: dict[str, Any]) -> Iterator[Any]:
+    """The 2D preview of one slice's prompt (embeds the slice first if needed): yields the
+    mask to show at once, returns the preview with all ambiguity candidates."""
+    return (yield from engine.preview_steps(z, prompt))
 
 
 def run_job(job: Any) -> Iterator[Any]:

@@ -157,8 +157,9 @@ def test_worker_errors_notify_and_keep_the_widget_usable(open_sam, qtbot, tmp_pa
 
     def boom(*_a, **_k):
         raise RuntimeError("simulated decoder crash")
+        yield  # a generator, like the real preview_steps
 
-    monkeypatch.setattr(engine, "preview", boom)
+    monkeypatch.setattr(engine, "preview_steps", boom)
     n0 = len(notification_manager.records)
     add_point(w, Z, 35, 54, positive=False)
     wait_idle(qtbot, w)
