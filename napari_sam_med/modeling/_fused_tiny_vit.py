@@ -3,15 +3,16 @@
 Built by ``TinyViT.fuse_for_inference()`` from the live modules; it holds folded copies of the
 weights (computed in float64, stored in the parameters' dtype) and never changes the module.
 
-What makes it fast on a CPU (about 2.5x the public implementation on 2 cores):
+What makes it fast on a CPU (see ``benchmarks/bench_core.py`` for measured figures):
 
 * BatchNorm folded into every conv; LayerNorm affines folded into the next linear layer; the
   attention scale folded into the q rows; attention bias tables gathered once.
-* Activations stay channels-last (``HxWxC``): 1x1 convolutions are plain matrix products and
-  depthwise convolutions run on channels-last views, with no layout copies in between.
-* The full-resolution stages (MBConv and patch merging) run in row strips with a one-row halo,
-  so the 4x expanded hidden activations never exist in full (they would be 64 MB per block)
-  and stay in the CPU cache; attention and MLPs run in chunks for the same reason.
+* In the attention stages activations stay channels-last (``HxWxC``): 1x1 convolutions are
+  plain matrix products and the local depthwise convolutions run on channels-last views.
+* The full-resolution stages (MBConv and patch merging) run channel-first (the depthwise
+  convolution is several times faster in that layout on CPUs) in row strips with a one-row
+  halo, so the 4x expanded hidden activations never exist in full (64 MB per block);
+  attention and MLPs run in chunks for the same reason.
 
 Images of a batch are encoded one after the other (the work per image is large).
 """
@@ -28,9 +29,12 @@ from .tiny_vit import window_attention, window_partition, window_reverse
 if TYPE_CHECKING:
     from .tiny_vit import ConvBN, TinyViT, TinyViTBlock
 
-# Elements (floats) per strip or chunk of intermediate activations: ~1 MB, about half an L2.
-_STRIP_ELEMS = 1 << 18
-_ATTN_ELEMS = 1 << 18
+# Elements (floats) per band or chunk of intermediate activations (8 / 16 MB). Smaller chunks
+# fit the caches better on an idle machine, but every chunk costs a few small parallel
+# regions, and on a loaded machine each thread barrier can stall for a scheduler time slice:
+# with 1 MB chunks the encoder took up to 10x longer under load, with these about 1.5x.
+_STRIP_ELEMS = 1 << 21
+_ATTN_ELEMS = 1 << 22
 
 
 def _gelu_(x: torch.Tensor) -> torch.Tensor:
@@ -57,35 +61,62 @@ def _fold_ln_linear(
 
 
 class _Strip:
-    """1x1 conv + GELU, 3x3 depthwise conv (stride s) + GELU, 1x1 conv [+ residual + GELU]."""
+    """1x1 conv + GELU, 3x3 depthwise conv (stride s) + GELU, 1x1 conv [+ residual + GELU].
 
-    def __init__(self, conv1: ConvBN, conv2: ConvBN, conv3: ConvBN, residual: bool) -> None:
+    The hidden maps are channel-first (the depthwise convolution is much faster in that
+    layout on CPUs) and made in bands of output rows with a one-row halo. Input and output are
+    channel-first ``CxHxW`` maps, or channels-last ``HxWxC`` tokens with ``tokens_in`` /
+    ``tokens_out`` (the attention stages' layout); the 1x1 convs absorb the transposition.
+    """
+
+    def __init__(
+        self,
+        conv1: ConvBN,
+        conv2: ConvBN,
+        conv3: ConvBN,
+        residual: bool,
+        tokens_in: bool = False,
+        tokens_out: bool = False,
+    ) -> None:
         dtype = conv1.c.weight.dtype
         self.w1, self.b1 = _fold_conv(conv1, dtype)
         self.w2, self.b2 = _fold_conv(conv2, dtype)
         self.w3, self.b3 = _fold_conv(conv3, dtype)
+        self.b1c, self.b3c = self.b1[:, None], self.b3[:, None]
         self.stride = conv2.c.stride[0]
-        self.residual = residual
+        self.residual = residual and not (tokens_in or tokens_out)
+        self.tokens_in, self.tokens_out = tokens_in, tokens_out
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``HxWxCin`` -> ``H'xW'xCout`` (``H' = ceil(H / stride)``)."""
-        h, w, _ = x.shape
-        s, hidden = self.stride, self.w1.shape[0]
+        """``CinxHxW`` (or ``HxWxCin``) -> ``CoutxH'xW'`` (or ``H'xW'xCout``).
+
+        ``H' = ceil(H / stride)``, ``W' = ceil(W / stride)``.
+        """
+        h, w = x.shape[:2] if self.tokens_in else x.shape[1:]
+        s, hidden, cout = self.stride, self.w1.shape[0], self.w3.shape[0]
         ho, wo = (h - 1) // s + 1, (w - 1) // s + 1
-        out = x.new_empty(ho, wo, self.w3.shape[0])
+        out = x.new_empty((ho, wo, cout) if self.tokens_out else (cout, ho, wo))
         rows = max(1, _STRIP_ELEMS // (w * hidden * s))
         for o0 in range(0, ho, rows):
             o1 = min(o0 + rows, ho)
             a, b = o0 * s - 1, (o1 - 1) * s + 2  # input rows needed, halo included
-            t = _gelu_(F.linear(x[max(a, 0) : min(b, h)], self.w1, self.b1))
-            if a < 0 or b > h:  # zero padding of the hidden map at the image border
-                t = F.pad(t, (0, 0, 0, 0, int(a < 0), int(b > h)))
-            t = F.conv2d(t.permute(2, 0, 1)[None], self.w2, self.b2, s, (0, 1), groups=hidden)
-            t = F.linear(_gelu_(t)[0].permute(1, 2, 0), self.w3, self.b3)
-            if self.residual:
-                torch.ops.aten.gelu.out(t.add_(x[o0:o1]), out=out[o0:o1])
+            if self.tokens_in:
+                band = x[max(a, 0) : min(b, h)].reshape(-1, x.shape[2]).t()
             else:
-                out[o0:o1] = t
+                band = x[:, max(a, 0) : min(b, h)].reshape(x.shape[0], -1)
+            t = torch.addmm(self.b1c, self.w1, band)
+            t = _gelu_(t).view(hidden, -1, w)
+            if a < 0 or b > h:  # zero padding of the hidden map at the image border
+                t = F.pad(t, (0, 0, int(a < 0), int(b > h)))
+            t = _gelu_(F.conv2d(t[None], self.w2, self.b2, s, (0, 1), groups=hidden)[0])
+            t = t.view(hidden, -1)
+            if self.tokens_out:
+                out[o0:o1] = F.linear(t.t(), self.w3, self.b3).view(o1 - o0, wo, cout)
+            elif self.residual:
+                r = torch.addmm(self.b3c, self.w3, t).view(cout, o1 - o0, wo)
+                out[:, o0:o1] = _gelu_(r.add_(x[:, o0:o1]))
+            else:
+                out[:, o0:o1] = torch.addmm(self.b3c, self.w3, t).view(cout, o1 - o0, wo)
         return out
 
 
@@ -148,13 +179,16 @@ class FusedTinyViT:
             for i, stage in enumerate(model.layers):
                 if i == 0:
                     ops: list[_Strip | _Block] = [
-                        _Strip(b.conv1, b.conv2, b.conv3, residual=True) for b in stage.blocks
+                        _Strip(b.conv1, b.conv2, b.conv3, residual=True, tokens_out=False)
+                        for b in stage.blocks
                     ]
                 else:
                     ops = [_Block(b) for b in stage.blocks]
                 if stage.downsample is not None:
                     d = stage.downsample
-                    ops.append(_Strip(d.conv1, d.conv2, d.conv3, residual=False))
+                    ops.append(
+                        _Strip(d.conv1, d.conv2, d.conv3, False, tokens_in=i > 0, tokens_out=True)
+                    )
                 self.stages.append(ops)
             conv0, ln1, conv2, ln2 = model.neck
             self.neck_w0 = conv0.weight.detach().flatten(1)
@@ -167,7 +201,9 @@ class FusedTinyViT:
 
     def _one(self, img: torch.Tensor) -> torch.Tensor:
         (w1, b1), (w2, b2) = self.pe
-        x = F.linear(_gelu_(F.linear(img.permute(1, 2, 0), w1, b1)), w2, b2)
+        c, h, w = img.shape
+        x = _gelu_(torch.addmm(b1[:, None], w1, img.reshape(c, h * w)))
+        x = torch.addmm(b2[:, None], w2, x).view(-1, h, w)  # channels first for stage 0
         for ops in self.stages:
             for op in ops:
                 x = op(x)

@@ -7,6 +7,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def weights_signature(module: nn.Module) -> tuple[tuple[int, int], ...]:
+    """``(data_ptr, version)`` of every parameter and buffer of ``module``.
+
+    It changes whenever a weight is replaced (``load_state_dict``, ``.to()``, ``.data = ...``)
+    or updated in place (optimiser steps), so derived inference copies can tell they are stale.
+    """
+    tensors = [*module.parameters(), *module.buffers()]
+    # inference tensors (created under inference_mode) have no version counter
+    return tuple((t.data_ptr(), -1 if t.is_inference() else t._version) for t in tensors)
+
+
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channel axis of a ``BxCxHxW`` tensor.
 

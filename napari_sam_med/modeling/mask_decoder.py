@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from .common import MLP, LayerNorm2d
+from .common import MLP, LayerNorm2d, weights_signature
 
 
 class MaskDecoder(nn.Module):
@@ -13,6 +15,11 @@ class MaskDecoder(nn.Module):
 
     Output token 0 predicts the single mask; tokens ``1..num_multimask_outputs`` predict the
     ambiguity-aware multimask outputs.
+
+    Inference calls (eval mode with gradients disabled, e.g. under ``torch.inference_mode()``)
+    use an equivalent, faster evaluation order (``_fused_decoder.py``) built from detached
+    copies of the weights; it is rebuilt whenever a weight changes. Training, and any call with
+    gradients enabled, runs the plain modules below.
 
     Args:
         transformer_dim: Channel width ``C`` of embeddings and tokens.
@@ -53,6 +60,25 @@ class MaskDecoder(nn.Module):
         self.iou_prediction_head = MLP(
             transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
         )
+        self._fast: Any = None  # (weights signature, FusedMaskDecoder)
+
+    def _fast_path(self) -> Any:
+        """The fused inference twin, or ``None`` if this call must use the plain modules."""
+        from .transformer import TwoWayTransformer
+
+        if (
+            self.training
+            or torch.is_grad_enabled()
+            or torch.compiler.is_compiling()
+            or type(self.transformer) is not TwoWayTransformer
+        ):
+            return None
+        signature = weights_signature(self)
+        if self._fast is None or self._fast[0] != signature:
+            from ._fused_decoder import FusedMaskDecoder
+
+            self._fast = (signature, FusedMaskDecoder(self))
+        return self._fast[1]
 
     def forward(
         self,
@@ -80,10 +106,20 @@ class MaskDecoder(nn.Module):
         Raises:
             ValueError: If the batch sizes are incompatible.
         """
+        selected = slice(1, None) if multimask_output else slice(0, 1)
+        fast = self._fast_path()
+        if fast is not None:
+            b = sparse_prompt_embeddings.shape[0]
+            _check_batch("image_embeddings", image_embeddings, b)
+            _check_batch("dense_prompt_embeddings", dense_prompt_embeddings, b)
+            _check_batch("image_pe", image_pe, b)
+            return fast(
+                image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
+                selected,
+            )  # fmt: skip
         masks, iou_pred = self.predict_masks(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )
-        selected = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, selected], iou_pred[:, selected]
 
     def predict_masks(

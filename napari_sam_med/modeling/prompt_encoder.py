@@ -99,12 +99,27 @@ class PromptEncoder(nn.Module):
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
         self.text_dim = text_dim
+        self._dense_pe: tuple[tuple, torch.Tensor] | None = None
         if text_dim is not None:
             self.text_proj = nn.Linear(text_dim, embed_dim)
 
     def get_dense_pe(self) -> torch.Tensor:
-        """Positional encoding of the image-embedding grid, shape ``1xCxhxw``."""
-        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        """Positional encoding of the image-embedding grid, shape ``1xCxhxw``.
+
+        It depends only on the (non-trainable) Gaussian frequency buffer, so it is computed
+        once and cached until that buffer changes. The cached tensor is shared: do not modify
+        it in place.
+        """
+        gaussian = self.pe_layer.positional_encoding_gaussian_matrix
+        version = -1 if gaussian.is_inference() else gaussian._version
+        key = (gaussian.data_ptr(), version, gaussian.dtype, gaussian.device)
+        if self._dense_pe is None or self._dense_pe[0] != key:
+            # a normal tensor even when first asked for under inference_mode, so that the same
+            # cached value can later enter autograd graphs during training
+            with torch.inference_mode(False):
+                pe = self.pe_layer(self.image_embedding_size).unsqueeze(0)
+            self._dense_pe = (key, pe)
+        return self._dense_pe[1]
 
     def forward(
         self,

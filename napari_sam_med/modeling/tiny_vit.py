@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from .common import LayerNorm2d, weights_signature
 
 
 class ConvBN(nn.Module):
@@ -327,6 +327,7 @@ class TinyViT(nn.Module):
         self.apply(_init_weights)
         self._fast: Any = None  # _fused_tiny_vit.FusedTinyViT once fuse_for_inference() ran
         self._fast_requested = False
+        self._fast_signature: tuple = ()
         self.register_load_state_dict_post_hook(lambda module, _keys: module._drop_fast())
 
     @property
@@ -340,18 +341,26 @@ class TinyViT(nn.Module):
         Call it after loading weights. BatchNorm (running statistics) and LayerNorm affines are
         folded into copies of the weights; parameters and the state dict are unchanged, so the
         model can still be saved, reloaded or trained. The folded copies are rebuilt lazily
-        after ``load_state_dict``, ``.to()``/``.float()`` and ``train()``; if you edit parameters
-        in place while in eval mode, call this method again. In train mode, or when the input
-        requires grad, the plain modules are used.
+        whenever a parameter or buffer changes (``load_state_dict``, ``.to()``, optimiser
+        steps) and after ``train()``. The fused path runs only in eval mode when no autograd
+        graph is needed (gradients disabled, or neither the input nor any parameter requires
+        grad); otherwise the plain, trainable modules run.
         """
         from ._fused_tiny_vit import FusedTinyViT
 
         self._fast_requested = True
         self._fast = FusedTinyViT(self)
+        self._fast_signature = weights_signature(self)
         return self
 
     def _drop_fast(self) -> None:
         self._fast = None
+
+    def _needs_graph(self, x: torch.Tensor) -> bool:
+        """Whether this call must record an autograd graph (then the plain modules run)."""
+        if not torch.is_grad_enabled():
+            return False
+        return x.requires_grad or any(p.requires_grad for p in self.parameters())
 
     def train(self, mode: bool = True) -> TinyViT:
         """Set train/eval mode; leaving eval mode drops the folded inference weights."""
@@ -381,15 +390,10 @@ class TinyViT(nn.Module):
                 f"TinyViT expects B x {self.in_chans} x H x W with H, W divisible by 4; "
                 f"got {tuple(x.shape)}"
             )
-        if (
-            self._fast_requested
-            and not self.training
-            and not (torch.is_grad_enabled() and x.requires_grad)
-        ):
-            if self._fast is None:
+        if self._fast_requested and not self.training and not self._needs_graph(x):
+            if self._fast is None or self._fast_signature != weights_signature(self):
                 self.fuse_for_inference()
-            with torch.no_grad():
-                return self._fast(x)
+            return self._fast(x)
         x = self.patch_embed(x)
         for i, stage in enumerate(self.layers):
             if i == 1:
