@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     run_until(lambda: not widget.busy())
     n = widget.engine.num_slices
 
-    t_idle = 3.0
+    t_idle = 5.0
     end = time.perf_counter() + t_idle
     idle = tick_gaps(lambda: time.perf_counter() > end)
     t0 = time.perf_counter()
@@ -134,11 +134,16 @@ def main(argv: list[str] | None = None) -> dict:
         direct.append((time.perf_counter() - t0) * 1000)
 
     result = {
+        "load_average_1min": round(os.getloadavg()[0], 1),
+        "cpus": os.cpu_count(),
         "model": args.model,
         "torch_threads": args.threads,
         "slices_precomputed": n,
         "precompute_s": round(t_pre, 2),
         "gui_stall_max_ms": round(stall_ms, 1),
+        "gui_tick_gap_p99_ms": round(float(np.percentile(busy, 99)) * 1000, 1),
+        "gui_gaps_over_100ms": int(sum(g > 0.110 for g in busy)),
+        "gui_ticks": len(busy),
         "gui_stall_idle_baseline_ms": round(idle_ms, 1),
         "gui_stall_ratio_vs_idle": round(stall_ms / max(idle_ms, 1.0), 2),
         "click_to_preview_ms_median": round(statistics.median(latencies), 1),

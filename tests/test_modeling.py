@@ -290,3 +290,73 @@ def test_encoder_channel_mismatch_raises(tiny_sam: Sam) -> None:
 def test_encoder_bad_config_raises(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         ImageEncoderViT(**{**TINY["encoder"], **kwargs})
+
+
+# ------------------------------------------------------------ fused inference paths (decoder)
+def _decode_both(sam: Sam, emb: torch.Tensor, **prompts):
+    """Plain (autograd on) and fused (inference mode) outputs of ``sam.decode``."""
+    plain = [t.detach() for t in sam.decode(emb, **prompts)]
+    with torch.inference_mode():
+        fused = sam.decode(emb, **prompts)
+    return plain, fused
+
+
+def _embedding_shape(sam: Sam) -> tuple[int, int, int]:
+    pe = sam.prompt_encoder
+    return (pe.embed_dim, *pe.image_embedding_size)
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_fused_decoder_matches_plain(golden_sam: Sam, multimask: bool) -> None:
+    sam = golden_sam.eval()
+    size = sam.prompt_encoder.input_image_size[0]
+    gen = torch.Generator().manual_seed(3)
+    emb = torch.randn((3, *_embedding_shape(sam)), generator=gen)
+    coords = torch.rand((3, 3, 2), generator=gen) * size
+    labels = torch.tensor([[1, 0, 1], [1, -1, -1], [0, 1, 1]])
+    boxes = torch.tensor([[0.1, 0.2, 0.5, 0.6], [0, 0, 1, 1], [0.3, 0.2, 0.31, 0.26]]) * size
+    masks = 4 * torch.randn((1, 1, *sam.prompt_encoder.mask_input_size), generator=gen)
+    variants = [
+        dict(points=(coords, labels)),
+        dict(boxes=boxes),
+        dict(points=(coords, labels), boxes=boxes, masks=masks),
+    ]
+    n_out = 3 if multimask else 1
+    for prompts in variants:
+        for image in (emb[:1], emb):  # one image shared by the prompts, or one per prompt
+            (pm, pi), (fm, fi) = _decode_both(sam, image, multimask_output=multimask, **prompts)
+            assert fm.shape == pm.shape == (3, n_out, *sam.prompt_encoder.mask_input_size)
+            torch.testing.assert_close(fm, pm, rtol=RTOL, atol=ATOL * pm.abs().max().item())
+            torch.testing.assert_close(fi, pi, rtol=RTOL, atol=ATOL)
+
+
+def test_fused_decoder_follows_weight_updates(tiny_sam: Sam) -> None:
+    """An in-place optimiser step in eval mode must reach the fused path (no stale copy)."""
+    sam = tiny_sam.eval()
+    emb = torch.randn((1, *_embedding_shape(sam)))
+    box = torch.tensor([[4.0, 6.0, 40.0, 50.0]])
+    with torch.inference_mode():
+        before = sam.decode(emb, boxes=box)[0]
+    with torch.no_grad():
+        sam.mask_decoder.output_hypernetworks_mlps[1].layers[-1].bias.add_(1.0)
+    plain = sam.decode(emb, boxes=box)[0].detach()
+    with torch.inference_mode():
+        after = sam.decode(emb, boxes=box)[0]
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, plain, rtol=RTOL, atol=ATOL)
+
+
+def test_dense_pe_is_cached_and_usable_for_training(tiny_sam: Sam) -> None:
+    """get_dense_pe is computed once; its cache made under inference_mode still trains."""
+    pe_module = tiny_sam.prompt_encoder
+    with torch.inference_mode():
+        first = pe_module.get_dense_pe()
+    assert not first.is_inference()
+    assert pe_module.get_dense_pe() is first
+    tiny_sam.train()
+    emb = torch.randn((1, *_embedding_shape(tiny_sam)))
+    masks, iou = tiny_sam.decode(emb, boxes=torch.tensor([[4.0, 6.0, 40.0, 50.0]]))
+    (masks.mean() + iou.mean()).backward()
+    assert tiny_sam.mask_decoder.iou_token.weight.grad is not None
+    pe_module.pe_layer.positional_encoding_gaussian_matrix.mul_(2.0)
+    assert not torch.equal(pe_module.get_dense_pe(), first)
