@@ -33,8 +33,9 @@ class DataConfig:
         min_object_area: smallest object, in pixels of the model input, that is prompted.
         fg_class_prob: probability of drawing a label value first (uniformly) and then a slice
             holding it (oversamples rare labels); otherwise any slice with foreground.
-        max_slices_per_case: use at most this many foreground slices per case (evenly spaced;
-            0 = all). Bounds the embedding cache of decoder-only runs.
+        max_slices_per_case: train on at most this many foreground slices per case and label
+            (evenly spaced, away from the end caps; 0 = all). Bounds the embedding cache of
+            decoder-only runs. Validation always draws from all slices.
         val_fraction / split_seed: patient-level split (written to ``split.json``).
         val_slices_per_case: validation slices per case and label (evenly spaced).
         cache: ``memory`` (MONAI CacheDataset), ``disk`` (PersistentDataset) or ``none``.

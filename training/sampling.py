@@ -43,8 +43,9 @@ def slice_index(labels: np.ndarray, axis: int, values: list[int] | None, max_sli
     out = {}
     for v in present if values is None else [v for v in present if v in values]:
         slices = np.nonzero(np.any(labels == v, axis=other))[0]
-        if max_slices and slices.size > max_slices:
-            slices = slices[np.linspace(0, slices.size - 1, max_slices).round().astype(int)]
+        if max_slices and slices.size > max_slices:  # evenly spaced, away from the end caps
+            picks = np.linspace(0, slices.size - 1, max_slices + 2)[1:-1].round().astype(int)
+            slices = slices[np.unique(picks)]
         out[v] = slices.tolist()
     return out
 
@@ -77,15 +78,13 @@ def _area_scale(shape: tuple[int, int], config: SamConfig) -> float:
 
 
 class _VolumeIndex:
-    def __init__(self, volumes: LoadedVolumes, data_cfg: Any) -> None:
+    def __init__(self, volumes: LoadedVolumes, data_cfg: Any, max_slices: int) -> None:
         self.volumes = volumes
         self.axis = AXES[data_cfg.axis]
         self.index = []
         for i in range(len(volumes)):
             labels = np.asarray(volumes.get(i)["label"])[0]
-            idx = slice_index(
-                labels, self.axis, data_cfg.label_values, data_cfg.max_slices_per_case
-            )
+            idx = slice_index(labels, self.axis, data_cfg.label_values, max_slices)
             self.index.append(idx)
         self.usable = [i for i, idx in enumerate(self.index) if idx]
         if not self.usable:
@@ -152,7 +151,7 @@ class TrainSlices(Dataset):
         model_config: SamConfig,
         seed: int,
     ) -> None:
-        self.vi = _VolumeIndex(volumes, data_cfg)
+        self.vi = _VolumeIndex(volumes, data_cfg, data_cfg.max_slices_per_case)
         self.cfg = data_cfg
         self.augment = build_augment(aug_cfg) if aug_cfg is not None and aug_cfg.enabled else None
         self.model_config = model_config
@@ -213,7 +212,9 @@ class ValSlices(Dataset):
     largest object on each (or the whole label value with ``objects: labels``)."""
 
     def __init__(self, volumes: LoadedVolumes, data_cfg: Any, model_config: SamConfig) -> None:
-        self.vi = _VolumeIndex(volumes, data_cfg)
+        self.vi = _VolumeIndex(
+            volumes, data_cfg, 0
+        )  # all slices: max_slices_per_case is for training
         self.model_config = model_config
         self.items = []
         for vol in self.vi.usable:
