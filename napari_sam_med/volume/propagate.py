@@ -7,7 +7,7 @@ accumulate in an :class:`~napari_sam_med.volume.objects.ObjectSegmentation`.
 Modes:
     * :meth:`Propagator.box3d` - a 3D box ``[x0, y0, z0, x1, y1, z1]`` (inclusive voxel
       indices): the middle slice from its 2D box, then both ways inside the z-range, each
-      slice prompted by the previous mask's box (clipped to the 3D box) and its logits.
+      slice prompted by the previous mask's box and its logits; masks stay inside the box.
     * :meth:`Propagator.key_slices` - prompts on one or several slices: propagate between
       them (meeting half-way) and beyond them until the object ends (empty mask, low
       predicted IoU or stability, an abrupt area, centroid or intensity jump) or the
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .objects import ObjectSegmentation
-from .slices import SlicePrediction, SliceSegmenter, choose_candidate
+from .slices import SlicePrediction, SliceSegmenter
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +58,12 @@ class PropagationSettings:
             the previous slice's spread (at least ``min_intensity_spread``): the mask has left
             the tumour for another tissue.
         change_tol: a correction stops re-propagating where Dice(new, old) >= this.
-        select: ``"single"`` uses the single-mask output on propagated slices (as the
-            LiteMedSAM procedure); ``"consistent"`` asks for the three ambiguity masks and
-            keeps the one that overlaps the previous slice's mask best.
         anisotropy_margin: the box margin is at least this times the ratio of the slice
             gap to the in-plane pixel size (needs the segmenter's ``spacing``).
     """
 
     box_margin: float = 3.0
-    use_mask_prompt: bool = True
+    use_mask_prompt: bool = False
     min_area: int = 4
     min_iou: float = 0.5
     min_stability: float = 0.5
@@ -75,7 +72,6 @@ class PropagationSettings:
     max_intensity_jump: float = 1.2
     min_intensity_spread: float = 6.0
     change_tol: float = 0.97
-    select: str = "single"
     anisotropy_margin: float = 0.7
 
 
@@ -155,7 +151,7 @@ class Propagator:
                 int(v) for v in np.asarray(labels).ravel()
             ]
         if "box" not in prompt and z in obj.slices and obj.slices[z].area:
-            prompt["box"] = self._box_around(obj.slices[z].mask, clip)
+            prompt["box"] = self._box_around(obj.slices[z].mask)
         if not prompt.get("box") and not prompt.get("points"):
             raise ValueError(f"correction on slice {z} has no points and no box")
         obj.key_prompts[z] = prompt
@@ -212,14 +208,14 @@ class Propagator:
         return self._clip(pred, clip)
 
     def margin(self) -> float:
-        """Pixels added around the previous mask's box: the larger of ``box_margin`` on the
-        model grid and ``anisotropy_margin`` x (slice gap / pixel size), because a boundary
+        """Pixels added around the previous mask's box: ``box_margin`` on the model grid, or
+        ``anisotropy_margin`` x (slice gap / pixel size) there if larger, because a boundary
         moves further between thick slices."""
         s = self.settings
-        grid = s.box_margin * max(self.seg.slice_shape) / self.seg.config.img_size
-        return max(grid, s.anisotropy_margin * self.seg.anisotropy)
+        grid = max(s.box_margin, s.anisotropy_margin * self.seg.anisotropy)
+        return grid * max(self.seg.slice_shape) / self.seg.config.img_size
 
-    def _box_around(self, mask: np.ndarray, clip) -> list[float]:
+    def _box_around(self, mask: np.ndarray) -> list[float]:
         ys, xs = np.nonzero(mask)
         m = self.margin()
         h, w = self.seg.slice_shape
@@ -229,44 +225,24 @@ class Propagator:
             min(xs.max() + m, w - 1.0),
             min(ys.max() + m, h - 1.0),
         ]
-        if clip is not None:
-            box = [
-                max(box[0], clip[0]),
-                max(box[1], clip[1]),
-                min(box[2], clip[2]),
-                min(box[3], clip[3]),
-            ]
         return [float(v) for v in box]
 
     def _step(self, prev: SlicePrediction, z: int, clip) -> SlicePrediction:
-        box = self._box_around(prev.mask, clip)
         mask_in = prev.logits[None] if self.settings.use_mask_prompt else None
-        multi = self.settings.select == "consistent"
+        box = self._box_around(prev.mask)
         pred = self.seg.predict(
-            z,
-            box=np.asarray(box, np.float32),
-            mask_input=mask_in,
-            source="propagated",
-            multimask=multi,
+            z, box=np.asarray(box, np.float32), mask_input=mask_in, source="propagated"
         )
-        if multi:
-            masks = pred.prompt["candidates"]["masks"]
-            overlap = [_dice(self._clip_mask(m, clip), prev.mask) for m in masks]
-            pred = choose_candidate(pred, int(np.argmax(overlap)))
         return self._clip(pred, clip)
 
-    def _clip(self, pred: SlicePrediction, clip) -> SlicePrediction:
-        pred.mask = self._clip_mask(pred.mask, clip)
-        return pred
-
     @staticmethod
-    def _clip_mask(mask: np.ndarray, clip) -> np.ndarray:
-        if clip is None:
-            return mask
-        x0, y0, x1, y1 = (int(round(v)) for v in clip)
-        keep = np.zeros_like(mask)
-        keep[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
-        return mask & keep
+    def _clip(pred: SlicePrediction, clip) -> SlicePrediction:
+        if clip is not None:
+            x0, y0, x1, y1 = (int(round(v)) for v in clip)
+            keep = np.zeros_like(pred.mask)
+            keep[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
+            pred.mask &= keep
+        return pred
 
     def _stop_reason(self, prev: SlicePrediction, pred: SlicePrediction) -> str | None:
         s = self.settings
