@@ -107,8 +107,8 @@ def main() -> None:
     print(f"lite_medsam full fine-tuning @256, one step,  1 decoder pass:   {t1:.2f} s")
     print(f"ratio 11-pass / 1-pass: {t11 / t1:.3f}  (target <= 1.35)")
     td = bench_decoder_only(args.batch, args.repeats)
-    print(f"samples/s full fine-tuning (11 passes):           {args.batch / t11:.2f}")
-    print(f"samples/s decoder-only, cached embeddings (11 passes): {args.batch / td:.2f}")
+    print(f"samples/s full fine-tuning (11 passes):           {args.batch / t11:.3g}")
+    print(f"samples/s decoder-only, cached embeddings (11 passes): {args.batch / td:.3g}")
 
 
 if __name__ == "__main__":
