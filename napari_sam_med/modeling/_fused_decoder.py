@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 
 # Embedding pixels per band of the output upscaling (its intermediates are 16x larger).
-_BAND_PIXELS = 512
+_BAND_PIXELS = 2048
 
 
 def _gelu_(x: torch.Tensor) -> torch.Tensor:
