@@ -7,6 +7,8 @@ Commands::
     sam-med precompute IMAGE [IMAGE ...]
     sam-med auto IMAGE -o OUT.nii.gz
     sam-med info
+    sam-med evaluate DATASET --models A B      (napari_sam_med.cli_extra)
+    sam-med export --out-dir DS --pair IMAGE LABEL ...
 
 Scale-out: ``torchrun --nproc_per_node N -m napari_sam_med.cli segment --manifest ...``
 gives every rank every N-th case and one device; rank 0 prints the merged summary.
@@ -52,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (sub-commands segment, precompute, auto, info)."""
+    """The argument parser (sub-commands segment, precompute, auto, info, evaluate, export)."""
     p = argparse.ArgumentParser(prog="sam-med", description="Segment Anything for CT/MRI tumours.")
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
@@ -108,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", parents=[common], help="models, devices, cache location")
     i.set_defaults(func=cmd_info)
+
+    from .cli_extra import add_commands  # evaluate, export (the data engine)
+
+    add_commands(sub, common, model)
     return p
 
 

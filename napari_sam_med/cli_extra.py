@@ -1,0 +1,126 @@
+"""Data-engine sub-commands of ``sam-med``: ``evaluate`` and ``export``.
+
+Commands::
+
+    sam-med evaluate DATASET --models lite_medsam my_finetune.pt --out-dir eval/
+    sam-med export --out-dir DS --pair IMG LABEL [--pair ...] | --session SESSION.json ...
+
+``DATASET`` is an MSD ``dataset.json`` (or its folder) or a folder of image/label pairs.
+See ``docs/data_engine.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_commands(sub, common: argparse.ArgumentParser, model: argparse.ArgumentParser) -> None:
+    """Add ``evaluate`` and ``export`` to the ``sam-med`` sub-parsers.
+
+    Args:
+        sub: the sub-parsers action of ``sam-med``.
+        common: parent parser with ``-v`` / ``--debug``.
+        model: parent parser with ``--model``, ``--device``, ``--preset``, ``--modality``...
+    """
+    e = sub.add_parser(
+        "evaluate", parents=[model], help="compare checkpoints with simulated clicks"
+    )
+    e.add_argument("dataset", type=Path, help="MSD dataset.json (or folder) or a folder of pairs")
+    e.add_argument("--models", nargs="+", metavar="MODEL",
+                   help="registry names or checkpoint files (default: --model)")  # fmt: skip
+    e.add_argument("--out-dir", type=Path, default=Path("evaluation"), help="CSV + PNG go here")
+    e.add_argument("--max-clicks", type=int, default=20, help="clicks after the box; NoC cap")
+    e.add_argument("--slices-per-object", type=int, default=1,
+                   help="1 = largest-area slice; more = spread over the object")  # fmt: skip
+    e.add_argument("--no-mask-input", action="store_true",
+                   help="do not pass the previous logits as mask prompt")  # fmt: skip
+    e.set_defaults(func=cmd_evaluate)
+
+    x = sub.add_parser("export", parents=[common], help="write an MSD-style training set")
+    x.add_argument("--out-dir", type=Path, required=True, help="dataset folder to write")
+    x.add_argument("--pair", nargs=2, action="append", metavar=("IMAGE", "LABEL"),
+                   help="image and label files (repeat)")  # fmt: skip
+    x.add_argument("--session", type=Path, action="append", metavar="JSON",
+                   help="saved plugin session (repeat)")  # fmt: skip
+    x.add_argument("--label-name", action="append", metavar="VALUE=NAME",
+                   help="name of a label value, e.g. 1=sarcoma (repeat)")  # fmt: skip
+    x.add_argument("--name", default="napari-sam-med", help="dataset name in dataset.json")
+    x.add_argument("--modality", default=None, help="CT or MR for dataset.json")
+    x.add_argument("--overwrite", action="store_true", help="replace cases already exported")
+    x.set_defaults(func=cmd_export)
+
+
+def _model_name(spec: str) -> str:
+    p = Path(spec)
+    return p.stem if p.suffix else spec
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``sam-med evaluate``: Dice vs clicks, NoC@85/90 and timings for each model."""
+    from tqdm import tqdm
+
+    from .build import build_sam
+    from .device import resolve_device
+    from .evaluate import (
+        ClickSettings,
+        discover_cases,
+        evaluate_model,
+        format_table,
+        per_object_rows,
+        plot_curves,
+        summarise,
+        write_csv,
+    )
+
+    specs = args.models or [args.model]
+    names = [_model_name(s) for s in specs]
+    if len(set(names)) != len(names):
+        names = [f"{i + 1}:{n}" for i, n in enumerate(names)]
+    settings = ClickSettings(
+        max_clicks=args.max_clicks,
+        slices_per_object=args.slices_per_object,
+        mask_input=not args.no_mask_input,
+    )
+    cases, _ = discover_cases(args.dataset)
+    if args.modality:
+        from dataclasses import replace
+
+        cases = [replace(c, modality=c.modality or args.modality) for c in cases]
+    device = resolve_device(args.device)
+    rows, objects = [], []
+    for spec, name in zip(specs, names, strict=True):
+        model = build_sam(spec, device=device)
+        bar = tqdm(desc=name, unit="object", disable=args.no_progress)
+        results = evaluate_model(
+            model, cases, settings, name, args.preset, on_object=lambda _r, b=bar: b.update(1)
+        )
+        bar.close()
+        rows.append(summarise(results, settings))
+        objects += per_object_rows(results, settings)
+        del model
+    out = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "summary.csv", rows)
+    write_csv(out / "objects.csv", objects)
+    plot_curves(out / "dice_vs_clicks.png", {r["model"]: r["curve"] for r in rows})
+    print(f"{len(cases)} cases, {rows[0]['objects']} object slices, device {device}")
+    print(format_table(rows, settings.max_clicks))
+    print(f"wrote {out / 'summary.csv'}, {out / 'objects.csv'}, {out / 'dice_vs_clicks.png'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``sam-med export``: image/label pairs or plugin sessions -> MSD-style dataset."""
+    from .export import ExportItem, export_dataset, item_from_session, parse_label_names
+
+    names = parse_label_names(args.label_name)
+    items = [ExportItem(image, label) for image, label in args.pair or []]
+    items += [item_from_session(p) for p in args.session or []]
+    if not items:
+        raise ValueError("command line: give --pair IMAGE LABEL or --session LOG.json")
+    meta = export_dataset(items, args.out_dir, args.name, args.modality, names, args.overwrite)
+    labels = ", ".join(f"{k}={v}" for k, v in meta["labels"].items() if k != "0") or "unnamed"
+    print(f"{args.out_dir}: exported {len(items)} cases; dataset has {meta['numTraining']} "
+          f"({labels})")  # fmt: skip
+    return 0

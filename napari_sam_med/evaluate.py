@@ -1,0 +1,444 @@
+"""Interactive-segmentation benchmark: Dice against clicks, NoC@85/90, seconds per interaction.
+
+The click simulator follows the usual protocol (SAM's appendix, RITM's NoC evaluation):
+
+1. The first prompt is the ground truth's tight box on the slice (``x0, y0, x1, y1``,
+   inclusive pixel indices).
+2. Each corrective click goes to the centre (maximum of the distance transform) of the largest
+   connected error region of the previous prediction: positive in a miss (``gt & ~pred``),
+   negative in a leak (``pred & ~gt``). Clicks accumulate; the previous low-res logits are
+   passed as ``mask_input``.
+
+Evaluated slices: for every label value of a case, the slice with the largest area, and
+optionally more slices spread evenly over the object's extent. Timing: ``embed_s`` is the
+encoder per slice, ``interaction_s`` one prompt -> mask round trip on a cached embedding.
+
+This module uses only the package's own APIs (never ``training/``); ``scipy`` is needed for
+the distance transform (``pip install 'napari-sam-med[eval]'``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .volume.io import READ_SUFFIXES, check_label_matches, file_suffix, read_volume
+from .volume.segment import resolve_preset
+from .volume.slices import SliceSegmenter
+
+logger = logging.getLogger(__name__)
+
+LABEL_SUFFIXES = ("_label", "_labels", "_mask", "_seg", "_gt")
+_PAIR_DIRS = (("imagesTr", "labelsTr"), ("images", "labels"))
+SUMMARY_KEYS = ("model", "objects", "dice_box", "dice_1", "dice_3", "dice_5")
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    """One labelled volume: ``image`` and ``label`` files, optional ``modality`` (CT/MR)."""
+
+    name: str
+    image: str
+    label: str
+    modality: str | None = None
+
+
+@dataclass(frozen=True)
+class ClickSettings:
+    """Simulator settings.
+
+    Attributes:
+        max_clicks: corrective clicks after the box (NoC is capped here).
+        thresholds: Dice levels for NoC (0.85, 0.90).
+        slices_per_object: evaluated slices per object (1 = the largest-area slice only).
+        mask_input: pass the previous low-res logits as the mask prompt.
+    """
+
+    max_clicks: int = 20
+    thresholds: tuple[float, ...] = (0.85, 0.90)
+    slices_per_object: int = 1
+    mask_input: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_clicks < 0:
+            raise ValueError(f"max_clicks={self.max_clicks}; expected >= 0")
+        if self.slices_per_object < 1:
+            raise ValueError(f"slices_per_object={self.slices_per_object}; expected >= 1")
+        for t in self.thresholds:
+            if not 0.0 < t <= 1.0:
+                raise ValueError(f"NoC threshold {t}; expected a Dice in (0, 1]")
+
+
+@dataclass
+class ObjectResult:
+    """One simulated object slice. ``dice[k]`` is the Dice after the box and ``k`` clicks."""
+
+    model: str
+    case: str
+    label: int
+    z: int
+    dice: list[float] = field(default_factory=list)
+    interaction_s: list[float] = field(default_factory=list)
+    embed_s: float = 0.0
+
+    def noc(self, threshold: float, cap: int) -> int:
+        """Clicks after the box to reach ``threshold`` (0: the box alone); ``cap`` if never."""
+        for k, d in enumerate(self.dice):
+            if d >= threshold:
+                return k
+        return cap
+
+
+# ------------------------------------------------------------------------- datasets
+def discover_cases(path: str | os.PathLike) -> tuple[list[EvalCase], dict[int, str]]:
+    """Labelled cases of an MSD ``dataset.json`` (file or its folder) or a folder of pairs.
+
+    Folder layouts: ``imagesTr/X[_0000].ext`` + ``labelsTr/X.ext`` (also ``images``/``labels``),
+    or ``X.ext`` + ``X_label.ext`` (``_labels``, ``_mask``, ``_seg``, ``_gt``) side by side.
+
+    Returns:
+        ``(cases, label_names)``; names keyed by label value (from ``dataset.json``, else empty).
+
+    Raises:
+        ValueError: unreadable JSON, missing files, or no pairs found (naming the path).
+    """
+    p = Path(path)
+    if p.is_file() and p.suffix == ".json":
+        return _cases_from_msd(p)
+    if p.is_dir() and (p / "dataset.json").is_file():
+        return _cases_from_msd(p / "dataset.json")
+    if not p.is_dir():
+        raise ValueError(f"{p}: expected a dataset.json or a folder of image/label pairs")
+    cases = _pairs_in_folder(p)
+    if not cases:
+        raise ValueError(
+            f"{p}: found no image/label pairs (expected imagesTr/ + labelsTr/, images/ + "
+            f"labels/, or X.nii.gz + X_label.nii.gz)"
+        )
+    return cases, {}
+
+
+def _cases_from_msd(path: Path) -> tuple[list[EvalCase], dict[int, str]]:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the dataset.json ({err})") from err
+    mods = meta.get("modality") or meta.get("channel_names") or {}
+    modality = str(mods.get("0")) if isinstance(mods, dict) and "0" in mods else None
+    names: dict[int, str] = {}
+    for k, v in (meta.get("labels") or {}).items():
+        if str(k).isdigit():
+            names[int(k)] = str(v)
+        elif isinstance(v, int):  # nnU-Net v2: {"tumour": 1}
+            names[v] = str(k)
+    names.pop(0, None)
+    cases = []
+    for i, entry in enumerate(meta.get("training") or []):
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            raise ValueError(f"{path}: training entry {i} needs 'image' and 'label', got {entry}")
+        image, label = (path.parent / entry["image"]).resolve(), (path.parent / entry["label"])
+        for f in (image, label):
+            if not f.exists():
+                raise ValueError(f"{path}: training entry {i}: {f} does not exist")
+        cases.append(EvalCase(_stem(image.name), str(image), str(label.resolve()), modality))
+    if not cases:
+        raise ValueError(f"{path}: no cases in 'training'")
+    return cases, names
+
+
+def _stem(name: str) -> str:
+    suffix = file_suffix(name)
+    return name[: -len(suffix)] if suffix else name
+
+
+def _volumes(folder: Path) -> dict[str, Path]:
+    ok = [f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")]
+    return {_stem(f.name): f for f in ok if file_suffix(f) in READ_SUFFIXES and f.suffix != ".dcm"}
+
+
+def _pairs_in_folder(root: Path) -> list[EvalCase]:
+    for img_dir, lbl_dir in _PAIR_DIRS:
+        if (root / img_dir).is_dir() and (root / lbl_dir).is_dir():
+            labels = _volumes(root / lbl_dir)
+            out = []
+            for stem, img in _volumes(root / img_dir).items():
+                lbl = labels.get(stem) or labels.get(stem.removesuffix("_0000"))
+                if lbl is None:
+                    logger.warning("%s: no label in %s; not evaluated", img, root / lbl_dir)
+                    continue
+                out.append(EvalCase(stem.removesuffix("_0000"), str(img), str(lbl)))
+            return out
+    files = _volumes(root)
+    out = []
+    for stem, img in files.items():
+        if stem.endswith(LABEL_SUFFIXES):
+            continue
+        lbl = next((files[stem + s] for s in LABEL_SUFFIXES if stem + s in files), None)
+        if lbl is not None:
+            out.append(EvalCase(stem, str(img), str(lbl)))
+    return out
+
+
+# ------------------------------------------------------------------------ simulator
+def dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice of two boolean masks (1.0 when both are empty)."""
+    total = int(pred.sum()) + int(gt.sum())
+    return 1.0 if total == 0 else 2.0 * int((pred & gt).sum()) / total
+
+
+def _ndimage():
+    try:
+        from scipy import ndimage
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "the click simulator needs scipy: pip install 'napari-sam-med[eval]'"
+        ) from err
+    return ndimage
+
+
+def next_click(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
+    """Corrective click ``(x, y, label)`` at the centre of the largest error region.
+
+    Args:
+        pred: ``(H, W)`` bool prediction; gt: ``(H, W)`` bool ground truth.
+
+    Returns:
+        ``(x, y, 1)`` inside a miss, ``(x, y, 0)`` inside a leak; with no error, the centre of
+        ``gt`` as a positive click.
+    """
+    ndimage = _ndimage()
+    error = pred != gt
+    region = gt if not error.any() else error
+    comp, n = ndimage.label(region)
+    if n > 1:
+        sizes = np.bincount(comp.ravel())[1:]
+        region = comp == int(np.argmax(sizes)) + 1
+    dist = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(x), int(y), int(bool(gt[y, x]))
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """Tight ``(x0, y0, x1, y1)`` box (inclusive pixel indices) of a non-empty ``(H, W)`` mask."""
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
+
+
+def simulate_object(
+    seg: SliceSegmenter, z: int, gt: np.ndarray, settings: ClickSettings, model_name: str = ""
+) -> ObjectResult:
+    """Box, then ``settings.max_clicks`` corrective clicks on slice ``z`` of ``seg``.
+
+    Args:
+        seg: the volume's :class:`SliceSegmenter`.
+        z: slice index; gt: ``(H, W)`` bool ground truth of the object on that slice.
+    """
+    t0 = time.perf_counter()
+    seg.embedding(z)
+    res = ObjectResult(model_name, "", 0, int(z), embed_s=time.perf_counter() - t0)
+    box = mask_box(gt)
+    points: list[tuple[int, int]] = []
+    labels: list[int] = []
+    logits, prev = None, None
+    for _ in range(settings.max_clicks + 1):
+        if prev is not None:
+            x, y, lab = next_click(prev, gt)
+            points.append((x, y))
+            labels.append(lab)
+        mask_in = logits[None] if settings.mask_input and logits is not None else None
+        t0 = time.perf_counter()
+        pred = seg.predict(
+            z,
+            box=box,
+            points=np.array(points, dtype=np.float32) if points else None,
+            labels=np.array(labels) if labels else None,
+            mask_input=mask_in,
+            source="evaluate",
+        )
+        res.interaction_s.append(time.perf_counter() - t0)
+        res.dice.append(dice(pred.mask, gt))
+        logits, prev = pred.logits, pred.mask
+    return res
+
+
+def object_slices(mask3d: np.ndarray, n: int = 1) -> list[int]:
+    """The largest-area slice of a ``(Z, H, W)`` mask; for ``n > 1`` ``n`` slices spread evenly
+    over the object's extent, the one nearest the largest replaced by it."""
+    areas = mask3d.reshape(mask3d.shape[0], -1).sum(1)
+    present = np.nonzero(areas)[0]
+    if present.size == 0:
+        return []
+    largest = int(np.argmax(areas))
+    if n == 1:
+        return [largest]
+    spread = present[np.linspace(0, present.size - 1, n).round().astype(int)]
+    chosen = sorted({int(z) for z in spread})
+    chosen[int(np.argmin([abs(z - largest) for z in chosen]))] = largest  # keep the largest
+    return sorted(set(chosen))
+
+
+def evaluate_model(
+    model: Any,
+    cases: Sequence[EvalCase],
+    settings: ClickSettings = ClickSettings(),
+    model_name: str = "",
+    preset: str | None = None,
+    on_object: Callable[[ObjectResult], None] | None = None,
+) -> list[ObjectResult]:
+    """Simulate every object (label value) of every case with one model.
+
+    Args:
+        model: a model from ``build_sam``.
+        preset: intensity preset; ``None`` guesses it from the case's modality and values.
+        on_object: called after each simulated object slice (progress).
+
+    Raises:
+        ValueError: unreadable files, a label not on the image grid, or an all-empty label.
+    """
+    results = []
+    for case in cases:
+        image = read_volume(case.image)
+        label_vol = read_volume(case.label)
+        check_label_matches(label_vol, image)
+        label = label_vol.array
+        values = [int(v) for v in np.unique(label) if v > 0]
+        if not values:
+            raise ValueError(f"{case.label}: label is empty (no voxel > 0)")
+        p = resolve_preset(preset, case.modality, image)
+        seg = SliceSegmenter(model, image.array, preset=p, spacing=image.spacing)
+        for value in values:
+            obj = label == value
+            for z in object_slices(obj, settings.slices_per_object):
+                r = simulate_object(seg, z, obj[z], settings, model_name)
+                r.case, r.label = case.name, value
+                results.append(r)
+                if on_object is not None:
+                    on_object(r)
+    return results
+
+
+# -------------------------------------------------------------------------- reports
+def summarise(results: Sequence[ObjectResult], settings: ClickSettings) -> dict[str, Any]:
+    """Mean Dice after the box and 1/3/5 clicks, NoC per threshold, timings, for one model."""
+    if not results:
+        raise ValueError("no evaluated objects to summarise")
+    d = np.array([r.dice for r in results])
+    row: dict[str, Any] = {"model": results[0].model, "objects": len(results)}
+    for k, key in ((0, "dice_box"), (1, "dice_1"), (3, "dice_3"), (5, "dice_5")):
+        row[key] = float(d[:, min(k, d.shape[1] - 1)].mean()) if k < d.shape[1] else float("nan")
+    cap = settings.max_clicks
+    for t in settings.thresholds:
+        nocs = [r.noc(t, cap) for r in results]
+        row[f"noc{round(t * 100)}"] = float(np.mean(nocs))
+        row[f"failed{round(t * 100)}"] = sum(1 for r in results if all(v < t for v in r.dice))
+    row["interaction_s"] = float(np.mean([s for r in results for s in r.interaction_s]))
+    row["embed_s"] = float(np.mean([r.embed_s for r in results]))
+    row["curve"] = d.mean(0).tolist()
+    return row
+
+
+def format_table(rows: Sequence[dict[str, Any]], max_clicks: int) -> str:
+    """Plain-text table of summary rows (``curve`` left out); NoC capped at ``max_clicks``."""
+    keys = [k for k in rows[0] if k != "curve"]
+    cells = [[_fmt(r[k]) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.append(f"NoC: corrective clicks after the box, capped at {max_clicks} (failedNN counts)")
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _atomic_bytes(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
+    """Write dict rows as CSV atomically (lists are joined with ``;``)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow(
+            {k: ";".join(f"{x:.4f}" for x in v) if isinstance(v, list) else v for k, v in r.items()}
+        )
+    return _atomic_bytes(Path(path), buf.getvalue().encode())
+
+
+def per_object_rows(results: Sequence[ObjectResult], settings: ClickSettings) -> list[dict]:
+    """One CSV row per simulated object slice (Dice curve, NoC, mean interaction time)."""
+    return [
+        {
+            "model": r.model,
+            "case": r.case,
+            "label": r.label,
+            "z": r.z,
+            **{f"noc{round(t * 100)}": r.noc(t, settings.max_clicks) for t in settings.thresholds},
+            "interaction_s": float(np.mean(r.interaction_s)),
+            "embed_s": r.embed_s,
+            "dice": r.dice,
+        }
+        for r in results
+    ]
+
+
+_COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14))
+
+
+def plot_curves(path: str | os.PathLike, curves: dict[str, Sequence[float]]) -> Path:
+    """PNG of mean Dice (y, 0..1) against clicks after the box (x), one line per model."""
+    from PIL import Image, ImageDraw
+
+    w, h, left, bottom, top, right = 640, 420, 50, 40, 20, 170
+    img = Image.new("RGB", (w, h), "white")
+    g = ImageDraw.Draw(img)
+    n = max(len(c) for c in curves.values())
+    pw, ph = w - left - right, h - top - bottom
+
+    def xy(k: int, d: float) -> tuple[float, float]:
+        return left + pw * k / max(n - 1, 1), top + ph * (1.0 - d)
+
+    for i in range(11):
+        y = top + ph * i / 10
+        g.line([(left, y), (left + pw, y)], fill=(225, 225, 225))
+        g.text((8, y - 6), f"{1 - i / 10:.1f}", fill="black")
+    for k in range(0, n, max(1, n // 10)):
+        g.text((xy(k, 0)[0] - 3, top + ph + 6), str(k), fill="black")
+    g.rectangle([left, top, left + pw, top + ph], outline="black")
+    g.text((left + pw // 2 - 60, h - 16), "clicks after the box", fill="black")
+    for i, (name, curve) in enumerate(curves.items()):
+        col = _COLOURS[i % len(_COLOURS)]
+        pts = [xy(k, float(d)) for k, d in enumerate(curve)]
+        if len(pts) > 1:
+            g.line(pts, fill=col, width=2)
+        for px, py in pts:
+            g.ellipse([px - 2, py - 2, px + 2, py + 2], fill=col)
+        g.line([(left + pw + 10, top + 12 + 18 * i), (left + pw + 30, top + 12 + 18 * i)], col, 3)
+        g.text((left + pw + 36, top + 6 + 18 * i), name[:20], fill="black")
+    g.text((left + pw + 10, top + 6 + 18 * len(curves)), "mean Dice", fill="black")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return _atomic_bytes(Path(path), buf.getvalue())

@@ -1,0 +1,214 @@
+"""Export annotated volumes as an MSD-style training set (the data engine's output).
+
+Layout written under the dataset folder::
+
+    imagesTr/<case>.nii.gz     the image (any readable format or DICOM series, re-written)
+    labelsTr/<case>.nii.gz     its labels, on exactly the image grid
+    logs/<case>.session.json   the plugin's prompt log, when the case came from a session
+    dataset.json               MSD fields (name, modality, labels, numTraining, training)
+
+Exports add to an existing ``dataset.json`` (a case already present is an error unless
+``overwrite``), and every file is written atomically, so ``training/`` (source ``msd``) and
+``sam-med evaluate`` read the folder directly. Sources are image/label pairs or saved plugin
+sessions: a ``X.session.json`` log next to its ``X.nii.gz`` labels (``format:
+napari-sam-med-session``; the image path is ``log["image"]["path"]``, label names come from
+``log["objects"]``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .volume.io import check_label_matches, read_volume, write_labels, write_volume
+from .volume.qc import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+SESSION_FORMAT = "napari-sam-med-session"
+_LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+@dataclass(frozen=True)
+class ExportItem:
+    """One case to export.
+
+    Attributes:
+        image: image file or DICOM folder; label: label volume on the image grid.
+        case: case name (default: from the image file name).
+        label_names: names of label values (e.g. ``{1: "sarcoma"}``).
+        log: the session log (JSON dict) to keep in ``logs/``, if any.
+    """
+
+    image: str
+    label: str
+    case: str | None = None
+    label_names: dict[int, str] = field(default_factory=dict)
+    log: dict[str, Any] | None = None
+
+
+def case_name(path: str | os.PathLike) -> str:
+    """A file-system-safe case name from an image path (``CT_001.nii.gz`` -> ``CT_001``)."""
+    name = Path(path).name
+    for suffix in (*_LABEL_SUFFIXES, ".nrrd", ".mhd", ".dcm"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")
+    return name.removesuffix("_0000") or "case"
+
+
+def item_from_session(log_path: str | os.PathLike) -> ExportItem:
+    """The export item of a saved plugin session (``X.session.json`` beside ``X.nii.gz``).
+
+    Raises:
+        ValueError: not a session log, no image path recorded, or a missing file (named).
+    """
+    log_path = Path(log_path)
+    try:
+        log = json.loads(log_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{log_path}: cannot read the session log ({err})") from err
+    if not isinstance(log, dict) or log.get("format") != SESSION_FORMAT:
+        raise ValueError(f"{log_path}: not a napari-sam-med session log (format {SESSION_FORMAT})")
+    image = (log.get("image") or {}).get("path")
+    if not image:
+        raise ValueError(
+            f"{log_path}: the log records no image path (image opened from memory?); "
+            f"export it with --pair IMAGE LABELS instead"
+        )
+    if not Path(image).exists():
+        raise ValueError(f"{log_path}: the session's image {image} does not exist")
+    base = log_path.name.removesuffix(".session.json")
+    label = next((p for p in (log_path.with_name(base + s) for s in _LABEL_SUFFIXES)
+                  if p.is_file()), None)  # fmt: skip
+    if label is None:
+        raise ValueError(
+            f"{log_path}: no saved labels beside it (expected {base}.nii.gz, .nii, .nrrd or .mha)"
+        )
+    names = {
+        int(o["label"]): str(o["name"])
+        for o in log.get("objects") or []
+        if isinstance(o, dict) and o.get("name") and str(o.get("label", "")).isdigit()
+    }
+    return ExportItem(str(image), str(label), case_name(image), names, log)
+
+
+def _load_meta(path: Path, name: str, modality: str | None) -> dict[str, Any]:
+    if path.is_file():
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: cannot read the existing dataset.json ({err})") from err
+        if not isinstance(meta.get("training"), list):
+            raise ValueError(f"{path}: existing dataset.json has no 'training' list")
+    else:
+        meta = {"name": name, "description": "exported by napari-sam-med",
+                "tensorImageSize": "3D", "labels": {"0": "background"}, "training": []}  # fmt: skip
+    if modality:
+        old = (meta.get("modality") or {}).get("0")
+        if old and old != modality:
+            raise ValueError(f"{path}: dataset modality is {old}; cannot add {modality} cases")
+        meta["modality"] = {"0": modality}
+    return meta
+
+
+def _merge_names(meta: dict[str, Any], names: dict[int, str], case: str) -> None:
+    labels = meta.setdefault("labels", {"0": "background"})
+    for value, name in sorted(names.items()):
+        old = labels.get(str(value))
+        if old is None:
+            labels[str(value)] = name
+        elif old != name:
+            logger.warning(
+                "case %s names label %d %r, the dataset %r; kept per case", case, value, name, old
+            )
+
+
+def export_dataset(
+    items: list[ExportItem],
+    out_dir: str | os.PathLike,
+    name: str = "napari-sam-med",
+    modality: str | None = None,
+    label_names: dict[int, str] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write ``items`` into the MSD-style dataset at ``out_dir`` (created or extended).
+
+    Args:
+        items: the cases; their ``label_names`` are overridden by ``label_names``.
+        modality: ``CT``/``MR``... stored as ``modality["0"]``.
+        overwrite: replace cases whose name is already in the dataset.
+
+    Returns:
+        The written ``dataset.json`` content.
+
+    Raises:
+        ValueError: unreadable files, labels not on the image grid, empty labels, duplicate
+            case names (naming the files).
+    """
+    if not items:
+        raise ValueError("nothing to export: give image/label pairs or session logs")
+    out = Path(out_dir)
+    for sub in ("imagesTr", "labelsTr", "logs"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    meta = _load_meta(out / "dataset.json", name, modality)
+    existing = {Path(e["image"]).name: i for i, e in enumerate(meta["training"])}
+    seen: set[str] = set()
+    for item in items:
+        case = item.case or case_name(item.image)
+        if case in seen:
+            raise ValueError(f"two inputs give case name {case!r} (last: {item.image})")
+        seen.add(case)
+        fname = f"{case}.nii.gz"
+        if fname in existing and not overwrite:
+            raise ValueError(f"{out}: case {case} already exported (use overwrite)")
+        entry = _export_one(item, out, case, fname)
+        names = {**item.label_names, **(label_names or {})}
+        if names:
+            entry["label_names"] = {str(k): v for k, v in sorted(names.items())}
+        _merge_names(meta, names, case)
+        if fname in existing:
+            meta["training"][existing[fname]] = entry
+        else:
+            existing[fname] = len(meta["training"])
+            meta["training"].append(entry)
+    meta["numTraining"] = len(meta["training"])
+    write_json_atomic(out / "dataset.json", meta)
+    return meta
+
+
+def _export_one(item: ExportItem, out: Path, case: str, fname: str) -> dict[str, Any]:
+    image = read_volume(item.image)
+    labels = read_volume(item.label)
+    check_label_matches(labels, image)
+    if not (labels.array > 0).any():
+        raise ValueError(f"{item.label}: label is empty (no voxel > 0); not exported")
+    write_volume(image, out / "imagesTr" / fname)
+    write_labels(labels.array, image, out / "labelsTr" / fname)
+    entry: dict[str, Any] = {
+        "image": f"./imagesTr/{fname}",
+        "label": f"./labelsTr/{fname}",
+        "source_image": str(Path(item.image).resolve()),
+    }
+    if item.log is not None:
+        write_json_atomic(out / "logs" / f"{case}.session.json", item.log)
+        entry["log"] = f"./logs/{case}.session.json"
+    logger.info("exported %s (%s)", case, item.image)
+    return entry
+
+
+def parse_label_names(specs: list[str] | None) -> dict[int, str]:
+    """``["1=sarcoma", "2=oedema"]`` -> ``{1: "sarcoma", 2: "oedema"}``."""
+    out: dict[int, str] = {}
+    for spec in specs or []:
+        value, sep, label = spec.partition("=")
+        if not sep or not value.strip().isdigit() or not label.strip() or int(value) == 0:
+            raise ValueError(f"label name {spec!r}: expected VALUE=NAME with VALUE >= 1")
+        out[int(value)] = label.strip()
+    return out
