@@ -35,7 +35,7 @@ def _fast(run_dir: Path, data: Path, steps: int) -> list[str]:
         "data.samples_per_epoch=32",
         "optim.batch_size=2",
         "run.val_at_start=false",
-        "data.cache=none",
+        "data.cache=memory",
     ]
 
 
