@@ -354,19 +354,13 @@ def save_checkpoint(
 
     The file loads with ``build_sam(path)`` (and ``weights_only=True``).
 
-    Raises:
-        ValueError: the model was fused for inference (its state dict is no longer the
-            trainable layout); save a model built with ``inference=False``.
+    A model built for inference saves the same state dict as a trainable one: the fused
+    inference path keeps its folded weights outside the state dict.
     """
     cfg = config or getattr(model, "config", None)
     if cfg is None:
         raise ValueError(
             "save_checkpoint needs a model built by build_sam (model.config) or config="
-        )
-    if getattr(model.image_encoder, "is_fused", False):
-        raise ValueError(
-            "this model was fused for inference (BatchNorm folded); build it with "
-            "build_sam(..., inference=False) to train and save it"
         )
     meta = {
         "normalization": cfg.normalization,

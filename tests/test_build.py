@@ -127,11 +127,16 @@ def test_medsam_preprocessing_choice(tmp_path):
         build_sam("tiny", checkpoint=path, device="cpu", preprocessing="foo")
 
 
-def test_fused_model_cannot_be_saved(tmp_path):
-    model = build_sam("tiny", device="cpu")
-    model.image_encoder.is_fused = True
-    with pytest.raises(ValueError, match="inference=False"):
-        save_checkpoint(model, tmp_path / "x.pth")
+def test_fused_tiny_vit_saves_its_trainable_state_dict(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(get_config("lite_medsam")).eval()
+    model.image_encoder.fuse_for_inference()
+    assert model.image_encoder.is_fused
+    path = save_checkpoint(model, tmp_path / "fused.pth")
+    again = build_sam(str(path), device="cpu")
+    assert again.state_dict().keys() == model.state_dict().keys()
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v, rtol=0, atol=0)
 
 
 def test_lite_medsam_weights_located():
