@@ -94,6 +94,8 @@ class SamConfig:
                 f"SamConfig sizes must be positive, got img_size={self.img_size}, "
                 f"image_embedding_size={self.image_embedding_size}"
             )
+        if self.text_dim is not None and self.text_dim <= 0:
+            raise ValueError(f"SamConfig.text_dim={self.text_dim}; expected a positive int or None")
 
     @property
     def mask_input_size(self) -> int:

@@ -66,8 +66,10 @@ class PromptEncoder(nn.Module):
         image_embedding_size: Image-embedding grid ``(h, w)``.
         input_image_size: Padded model input ``(H, W)`` in pixels.
         mask_in_chans: Hidden channels of the mask downscaling network.
-        text_dim: Reserved for text prompts. ``None`` (default) creates no extra parameters;
-            otherwise a ``text_proj`` linear layer ``text_dim -> embed_dim`` is created.
+        text_dim: Width of text-prompt embeddings. ``None`` (default) creates no extra
+            parameters (the official state-dict keys); otherwise a learned projection
+            ``text_proj`` (``text_dim -> embed_dim``) and a learned type embedding
+            ``text_embed`` make each text embedding one more sparse token.
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class PromptEncoder(nn.Module):
         self._dense_pe: tuple[tuple, torch.Tensor] | None = None
         if text_dim is not None:
             self.text_proj = nn.Linear(text_dim, embed_dim)
+            self.text_embed = nn.Embedding(1, embed_dim)
 
     def get_dense_pe(self) -> torch.Tensor:
         """Positional encoding of the image-embedding grid, shape ``1xCxhxw``.
@@ -126,6 +129,7 @@ class PromptEncoder(nn.Module):
         points: tuple[torch.Tensor, torch.Tensor] | None = None,
         boxes: torch.Tensor | None = None,
         masks: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embed prompts.
 
@@ -134,21 +138,30 @@ class PromptEncoder(nn.Module):
                 labels ``BxN`` (-1 pad, 0 negative, 1 positive, 2/3 box corners).
             boxes: ``Bx4`` (or ``Bx1x4``) boxes ``(x0, y0, x1, y1)`` in input-image pixels.
             masks: ``Bx1x(4h)x(4w)`` mask logits.
+            text: ``BxT`` text embeddings (``T = text_dim``), from any sentence encoder.
 
         Returns:
             Sparse embeddings ``BxNxC`` (points, one padding token if there is no box, then two
-            box corners) and dense embeddings ``BxCxhxw``.
+            box corners, then the text token) and dense embeddings ``BxCxhxw``.
 
         Raises:
-            ValueError: On malformed shapes, unknown labels or inconsistent batch sizes.
+            ValueError: On malformed shapes, unknown labels or inconsistent batch sizes, or a
+                text prompt for a model built without ``text_dim``.
         """
-        bs = _batch_size(points, boxes, masks)
+        if text is not None:
+            text = self._check_text(text)
+        only_text = text is not None and points is None and boxes is None
+        bs = _batch_size(points, text if only_text else boxes, masks)
         weight = self.no_mask_embed.weight
         sparse = [weight.new_empty((bs, 0, self.embed_dim))]
         if points is not None:
             sparse.append(self._embed_points(*points, pad=boxes is None))
         if boxes is not None:
             sparse.append(self._embed_boxes(boxes))
+        if text is not None:
+            if text.shape[0] != bs:
+                raise ValueError(f"text batch {text.shape[0]} does not match the prompts' {bs}")
+            sparse.append((self.text_proj(text.to(weight.dtype)) + self.text_embed.weight)[:, None])
         sparse_embeddings = torch.cat(sparse, dim=1)
         if masks is not None:
             dense_embeddings = self._embed_masks(masks)
@@ -156,6 +169,18 @@ class PromptEncoder(nn.Module):
             h, w = self.image_embedding_size
             dense_embeddings = weight.reshape(1, -1, 1, 1).expand(bs, -1, h, w)
         return sparse_embeddings, dense_embeddings
+
+    def _check_text(self, text: torch.Tensor) -> torch.Tensor:
+        """Validate ``BxT`` (or ``T``) text embeddings for this encoder."""
+        if self.text_dim is None:
+            raise ValueError(
+                "this model has no text-prompt support (its config has text_dim=None); use "
+                "points or a box, or a checkpoint trained with text prompts"
+            )
+        text = text[None] if text.ndim == 1 else text
+        if text.ndim != 2 or text.shape[1] != self.text_dim:
+            raise ValueError(f"expected text embeddings Bx{self.text_dim}, got {tuple(text.shape)}")
+        return text
 
     def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         """Embed ``BxNx2`` points with ``BxN`` labels; append one padding point if ``pad``."""
