@@ -40,6 +40,7 @@ from .volume.slices import SliceSegmenter
 logger = logging.getLogger(__name__)
 
 LABEL_SUFFIXES = ("_label", "_labels", "_mask", "_seg", "_gt")
+_IMAGE_SUFFIXES = ("_image", "_img", "_0000")
 _PAIR_DIRS = (("imagesTr", "labelsTr"), ("images", "labels"))
 SUMMARY_KEYS = ("model", "objects", "dice_box", "dice_1", "dice_3", "dice_5")
 
@@ -105,7 +106,9 @@ def discover_cases(path: str | os.PathLike) -> tuple[list[EvalCase], dict[int, s
     """Labelled cases of an MSD ``dataset.json`` (file or its folder) or a folder of pairs.
 
     Folder layouts: ``imagesTr/X[_0000].ext`` + ``labelsTr/X.ext`` (also ``images``/``labels``),
-    or ``X.ext`` + ``X_label.ext`` (``_labels``, ``_mask``, ``_seg``, ``_gt``) side by side.
+    or ``X[_image].ext`` + ``X_label.ext`` (``_labels``, ``_mask``, ``_seg``, ``_gt``) side by
+    side in the folder or any sub-folder (``STS_001/CT_image.nii.gz`` + ``CT_mask.nii.gz`` is
+    case ``STS_001/CT``).
 
     Returns:
         ``(cases, label_names)``; names keyed by label value (from ``dataset.json``, else empty).
@@ -179,14 +182,17 @@ def _pairs_in_folder(root: Path) -> list[EvalCase]:
                     continue
                 out.append(EvalCase(stem.removesuffix("_0000"), str(img), str(lbl)))
             return out
-    files = _volumes(root)
     out = []
-    for stem, img in files.items():
-        if stem.endswith(LABEL_SUFFIXES):
-            continue
-        lbl = next((files[stem + s] for s in LABEL_SUFFIXES if stem + s in files), None)
-        if lbl is not None:
-            out.append(EvalCase(stem, str(img), str(lbl)))
+    for folder in [root, *sorted(d for d in root.rglob("*") if d.is_dir())]:
+        files = _volumes(folder)
+        rel = folder.relative_to(root).as_posix()
+        for stem, img in files.items():
+            base = next((stem[: -len(s)] for s in _IMAGE_SUFFIXES if stem.endswith(s)), stem)
+            if stem.endswith(LABEL_SUFFIXES) or not base:
+                continue
+            lbl = next((files[base + s] for s in LABEL_SUFFIXES if base + s in files), None)
+            if lbl is not None:
+                out.append(EvalCase(base if rel == "." else f"{rel}/{base}", str(img), str(lbl)))
     return out
 
 

@@ -152,6 +152,12 @@ def test_discover_cases_layouts_and_errors(tmp_path: Path) -> None:
     (tmp_path / "ds" / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="missing.nii.gz does not exist"):
         discover_cases(tmp_path / "ds")
+    nested = tmp_path / "nested" / "P1"
+    nested.mkdir(parents=True)
+    _write(nested / "CT_image.nii.gz", np.zeros((2, 4, 4), np.int16))
+    _write(nested / "CT_mask.nii.gz", np.ones((2, 4, 4), np.uint8))
+    _write(nested / "MR_image.nii.gz", np.zeros((2, 4, 4), np.int16))  # no label: skipped
+    assert [c.name for c in discover_cases(tmp_path / "nested")[0]] == ["P1/CT"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no image/label pairs"):
         discover_cases(tmp_path / "empty")
