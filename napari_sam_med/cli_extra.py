@@ -64,7 +64,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .device import resolve_device
     from .evaluate import (
         ClickSettings,
-        discover_cases,
         evaluate_model,
         format_table,
         per_object_rows,
@@ -72,6 +71,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         summarise,
         write_csv,
     )
+    from .export import discover_cases
 
     specs = args.models or [args.model]
     names = [_model_name(s) for s in specs]

@@ -13,15 +13,15 @@ Evaluated slices: for every label value of a case, the slice with the largest ar
 optionally more slices spread evenly over the object's extent. Timing: ``embed_s`` is the
 encoder per slice, ``interaction_s`` one prompt -> mask round trip on a cached embedding.
 
-This module uses only the package's own APIs (never ``training/``); ``scipy`` is needed for
-the distance transform (``pip install 'napari-sam-med[eval]'``).
+Datasets are found by :func:`napari_sam_med.export.discover_cases`. This module uses only the
+package's own APIs (never ``training/``); ``scipy`` is needed for the distance transform
+(``pip install 'napari-sam-med[eval]'``).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 import tempfile
@@ -33,26 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from .volume.io import READ_SUFFIXES, check_label_matches, file_suffix, read_volume
+from .export import EvalCase
+from .volume.io import check_label_matches, read_volume
 from .volume.segment import resolve_preset
 from .volume.slices import SliceSegmenter
 
 logger = logging.getLogger(__name__)
 
-LABEL_SUFFIXES = ("_label", "_labels", "_mask", "_seg", "_gt")
-_IMAGE_SUFFIXES = ("_image", "_img", "_0000")
-_PAIR_DIRS = (("imagesTr", "labelsTr"), ("images", "labels"))
 SUMMARY_KEYS = ("model", "objects", "dice_box", "dice_1", "dice_3", "dice_5")
-
-
-@dataclass(frozen=True)
-class EvalCase:
-    """One labelled volume: ``image`` and ``label`` files, optional ``modality`` (CT/MR)."""
-
-    name: str
-    image: str
-    label: str
-    modality: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,101 +87,6 @@ class ObjectResult:
             if d >= threshold:
                 return k
         return cap
-
-
-# ------------------------------------------------------------------------- datasets
-def discover_cases(path: str | os.PathLike) -> tuple[list[EvalCase], dict[int, str]]:
-    """Labelled cases of an MSD ``dataset.json`` (file or its folder) or a folder of pairs.
-
-    Folder layouts: ``imagesTr/X[_0000].ext`` + ``labelsTr/X.ext`` (also ``images``/``labels``),
-    or ``X[_image].ext`` + ``X_label.ext`` (``_labels``, ``_mask``, ``_seg``, ``_gt``) side by
-    side in the folder or any sub-folder (``STS_001/CT_image.nii.gz`` + ``CT_mask.nii.gz`` is
-    case ``STS_001/CT``).
-
-    Returns:
-        ``(cases, label_names)``; names keyed by label value (from ``dataset.json``, else empty).
-
-    Raises:
-        ValueError: unreadable JSON, missing files, or no pairs found (naming the path).
-    """
-    p = Path(path)
-    if p.is_file() and p.suffix == ".json":
-        return _cases_from_msd(p)
-    if p.is_dir() and (p / "dataset.json").is_file():
-        return _cases_from_msd(p / "dataset.json")
-    if not p.is_dir():
-        raise ValueError(f"{p}: expected a dataset.json or a folder of image/label pairs")
-    cases = _pairs_in_folder(p)
-    if not cases:
-        raise ValueError(
-            f"{p}: found no image/label pairs (expected imagesTr/ + labelsTr/, images/ + "
-            f"labels/, or X.nii.gz + X_label.nii.gz)"
-        )
-    return cases, {}
-
-
-def _cases_from_msd(path: Path) -> tuple[list[EvalCase], dict[int, str]]:
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read the dataset.json ({err})") from err
-    mods = meta.get("modality") or meta.get("channel_names") or {}
-    modality = str(mods.get("0")) if isinstance(mods, dict) and "0" in mods else None
-    names: dict[int, str] = {}
-    for k, v in (meta.get("labels") or {}).items():
-        if str(k).isdigit():
-            names[int(k)] = str(v)
-        elif isinstance(v, int):  # nnU-Net v2: {"tumour": 1}
-            names[v] = str(k)
-    names.pop(0, None)
-    cases = []
-    for i, entry in enumerate(meta.get("training") or []):
-        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-            raise ValueError(f"{path}: training entry {i} needs 'image' and 'label', got {entry}")
-        image, label = (path.parent / entry["image"]).resolve(), (path.parent / entry["label"])
-        for f in (image, label):
-            if not f.exists():
-                raise ValueError(f"{path}: training entry {i}: {f} does not exist")
-        cases.append(EvalCase(_stem(image.name), str(image), str(label.resolve()), modality))
-    if not cases:
-        raise ValueError(f"{path}: no cases in 'training'")
-    return cases, names
-
-
-def _stem(name: str) -> str:
-    suffix = file_suffix(name)
-    return name[: -len(suffix)] if suffix else name
-
-
-def _volumes(folder: Path) -> dict[str, Path]:
-    ok = [f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")]
-    return {_stem(f.name): f for f in ok if file_suffix(f) in READ_SUFFIXES and f.suffix != ".dcm"}
-
-
-def _pairs_in_folder(root: Path) -> list[EvalCase]:
-    for img_dir, lbl_dir in _PAIR_DIRS:
-        if (root / img_dir).is_dir() and (root / lbl_dir).is_dir():
-            labels = _volumes(root / lbl_dir)
-            out = []
-            for stem, img in _volumes(root / img_dir).items():
-                lbl = labels.get(stem) or labels.get(stem.removesuffix("_0000"))
-                if lbl is None:
-                    logger.warning("%s: no label in %s; not evaluated", img, root / lbl_dir)
-                    continue
-                out.append(EvalCase(stem.removesuffix("_0000"), str(img), str(lbl)))
-            return out
-    out = []
-    for folder in [root, *sorted(d for d in root.rglob("*") if d.is_dir())]:
-        files = _volumes(folder)
-        rel = folder.relative_to(root).as_posix()
-        for stem, img in files.items():
-            base = next((stem[: -len(s)] for s in _IMAGE_SUFFIXES if stem.endswith(s)), stem)
-            if stem.endswith(LABEL_SUFFIXES) or not base:
-                continue
-            lbl = next((files[base + s] for s in LABEL_SUFFIXES if base + s in files), None)
-            if lbl is not None:
-                out.append(EvalCase(base if rel == "." else f"{rel}/{base}", str(img), str(lbl)))
-    return out
 
 
 # ------------------------------------------------------------------------ simulator

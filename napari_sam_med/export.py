@@ -7,12 +7,13 @@ Layout written under the dataset folder::
     logs/<case>.session.json   the plugin's prompt log, when the case came from a session
     dataset.json               MSD fields (name, modality, labels, numTraining, training)
 
-Exports add to an existing ``dataset.json`` (a case already present is an error unless
-``overwrite``), and every file is written atomically, so ``training/`` (source ``msd``) and
-``sam-med evaluate`` read the folder directly. Sources are image/label pairs or saved plugin
-sessions: a ``X.session.json`` log next to its ``X.nii.gz`` labels (``format:
-napari-sam-med-session``; the image path is ``log["image"]["path"]``, label names come from
-``log["objects"]``).
+:func:`discover_cases` reads such a folder back (or any MSD ``dataset.json`` or folder of
+image/label pairs) for ``sam-med evaluate``. Exports add to an existing ``dataset.json`` (a
+case already present is an error unless ``overwrite``), and every file is written atomically,
+so ``training/`` (source ``msd``) and ``sam-med evaluate`` read the folder directly. Sources
+are image/label pairs or saved plugin sessions: a ``X.session.json`` log next to its
+``X.nii.gz`` labels (``format: napari-sam-med-session``; the image path is
+``log["image"]["path"]``, label names come from ``log["objects"]``).
 """
 
 from __future__ import annotations
@@ -25,13 +26,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .volume.io import check_label_matches, read_volume, write_labels, write_volume
+from .volume.io import (
+    READ_SUFFIXES,
+    check_label_matches,
+    file_suffix,
+    read_volume,
+    write_labels,
+    write_volume,
+)
 from .volume.qc import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 SESSION_FORMAT = "napari-sam-med-session"
-_LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+_LABEL_EXTS = (".nii.gz", ".nii", ".nrrd", ".mha")
+LABEL_SUFFIXES = ("_label", "_labels", "_mask", "_seg", "_gt")
+_IMAGE_SUFFIXES = ("_image", "_img", "_0000")
+_PAIR_DIRS = (("imagesTr", "labelsTr"), ("images", "labels"))
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    """One labelled volume: ``image`` and ``label`` files, optional ``modality`` (CT/MR)."""
+
+    name: str
+    image: str
+    label: str
+    modality: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,7 +76,7 @@ class ExportItem:
 def case_name(path: str | os.PathLike) -> str:
     """A file-system-safe case name from an image path (``CT_001.nii.gz`` -> ``CT_001``)."""
     name = Path(path).name
-    for suffix in (*_LABEL_SUFFIXES, ".nrrd", ".mhd", ".dcm"):
+    for suffix in (*_LABEL_EXTS, ".nrrd", ".mhd", ".dcm"):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
@@ -85,7 +106,7 @@ def item_from_session(log_path: str | os.PathLike) -> ExportItem:
     if not Path(image).exists():
         raise ValueError(f"{log_path}: the session's image {image} does not exist")
     base = log_path.name.removesuffix(".session.json")
-    label = next((p for p in (log_path.with_name(base + s) for s in _LABEL_SUFFIXES)
+    label = next((p for p in (log_path.with_name(base + s) for s in _LABEL_EXTS)
                   if p.is_file()), None)  # fmt: skip
     if label is None:
         raise ValueError(
@@ -211,4 +232,99 @@ def parse_label_names(specs: list[str] | None) -> dict[int, str]:
         if not sep or not value.strip().isdigit() or not label.strip() or int(value) == 0:
             raise ValueError(f"label name {spec!r}: expected VALUE=NAME with VALUE >= 1")
         out[int(value)] = label.strip()
+    return out
+
+
+# ------------------------------------------------------------------------- datasets
+def discover_cases(path: str | os.PathLike) -> tuple[list[EvalCase], dict[int, str]]:
+    """Labelled cases of an MSD ``dataset.json`` (file or its folder) or a folder of pairs.
+
+    Folder layouts: ``imagesTr/X[_0000].ext`` + ``labelsTr/X.ext`` (also ``images``/``labels``),
+    or ``X[_image].ext`` + ``X_label.ext`` (``_labels``, ``_mask``, ``_seg``, ``_gt``) side by
+    side in the folder or any sub-folder (``STS_001/CT_image.nii.gz`` + ``CT_mask.nii.gz`` is
+    case ``STS_001/CT``).
+
+    Returns:
+        ``(cases, label_names)``; names keyed by label value (from ``dataset.json``, else empty).
+
+    Raises:
+        ValueError: unreadable JSON, missing files, or no pairs found (naming the path).
+    """
+    p = Path(path)
+    if p.is_file() and p.suffix == ".json":
+        return _cases_from_msd(p)
+    if p.is_dir() and (p / "dataset.json").is_file():
+        return _cases_from_msd(p / "dataset.json")
+    if not p.is_dir():
+        raise ValueError(f"{p}: expected a dataset.json or a folder of image/label pairs")
+    cases = _pairs_in_folder(p)
+    if not cases:
+        raise ValueError(
+            f"{p}: found no image/label pairs (expected imagesTr/ + labelsTr/, images/ + "
+            f"labels/, or X.nii.gz + X_label.nii.gz)"
+        )
+    return cases, {}
+
+
+def _cases_from_msd(path: Path) -> tuple[list[EvalCase], dict[int, str]]:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the dataset.json ({err})") from err
+    mods = meta.get("modality") or meta.get("channel_names") or {}
+    modality = str(mods.get("0")) if isinstance(mods, dict) and "0" in mods else None
+    names: dict[int, str] = {}
+    for k, v in (meta.get("labels") or {}).items():
+        if str(k).isdigit():
+            names[int(k)] = str(v)
+        elif isinstance(v, int):  # nnU-Net v2: {"tumour": 1}
+            names[v] = str(k)
+    names.pop(0, None)
+    cases = []
+    for i, entry in enumerate(meta.get("training") or []):
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            raise ValueError(f"{path}: training entry {i} needs 'image' and 'label', got {entry}")
+        image, label = (path.parent / entry["image"]).resolve(), (path.parent / entry["label"])
+        for f in (image, label):
+            if not f.exists():
+                raise ValueError(f"{path}: training entry {i}: {f} does not exist")
+        cases.append(EvalCase(_stem(image.name), str(image), str(label.resolve()), modality))
+    if not cases:
+        raise ValueError(f"{path}: no cases in 'training'")
+    return cases, names
+
+
+def _stem(name: str) -> str:
+    suffix = file_suffix(name)
+    return name[: -len(suffix)] if suffix else name
+
+
+def _volumes(folder: Path) -> dict[str, Path]:
+    ok = [f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")]
+    return {_stem(f.name): f for f in ok if file_suffix(f) in READ_SUFFIXES and f.suffix != ".dcm"}
+
+
+def _pairs_in_folder(root: Path) -> list[EvalCase]:
+    for img_dir, lbl_dir in _PAIR_DIRS:
+        if (root / img_dir).is_dir() and (root / lbl_dir).is_dir():
+            labels = _volumes(root / lbl_dir)
+            out = []
+            for stem, img in _volumes(root / img_dir).items():
+                lbl = labels.get(stem) or labels.get(stem.removesuffix("_0000"))
+                if lbl is None:
+                    logger.warning("%s: no label in %s; not evaluated", img, root / lbl_dir)
+                    continue
+                out.append(EvalCase(stem.removesuffix("_0000"), str(img), str(lbl)))
+            return out
+    out = []
+    for folder in [root, *sorted(d for d in root.rglob("*") if d.is_dir())]:
+        files = _volumes(folder)
+        rel = folder.relative_to(root).as_posix()
+        for stem, img in files.items():
+            base = next((stem[: -len(s)] for s in _IMAGE_SUFFIXES if stem.endswith(s)), stem)
+            if stem.endswith(LABEL_SUFFIXES) or not base:
+                continue
+            lbl = next((files[base + s] for s in LABEL_SUFFIXES if base + s in files), None)
+            if lbl is not None:
+                out.append(EvalCase(base if rel == "." else f"{rel}/{base}", str(img), str(lbl)))
     return out

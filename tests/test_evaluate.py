@@ -12,10 +12,8 @@ import pytest
 from napari_sam_med.cli import main
 from napari_sam_med.evaluate import (
     ClickSettings,
-    EvalCase,
     ObjectResult,
     dice,
-    discover_cases,
     evaluate_model,
     mask_box,
     next_click,
@@ -23,6 +21,7 @@ from napari_sam_med.evaluate import (
     simulate_object,
     summarise,
 )
+from napari_sam_med.export import EvalCase, discover_cases
 
 pytest.importorskip("scipy")
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from napari_sam_med.cli import main
-from napari_sam_med.export import ExportItem, case_name, export_dataset, parse_label_names
+from napari_sam_med.export import (
+    ExportItem,
+    case_name,
+    discover_cases,
+    export_dataset,
+    parse_label_names,
+)
 from napari_sam_med.volume.geometry import Volume
 from napari_sam_med.volume.io import read_volume, write_volume
 
@@ -41,8 +47,6 @@ def _session(folder: Path, name: str, image: str | None) -> Path:
 
 
 def test_pairs_and_sessions_round_trip_through_evaluate_discovery(tmp_path: Path) -> None:
-    from napari_sam_med.evaluate import discover_cases
-
     img_a, lbl_a = _pair(tmp_path / "src", "CT 001")
     img_b, _ = _pair(tmp_path / "src", "CT_002")
     log = _session(tmp_path / "src", "CT_002", img_b)
