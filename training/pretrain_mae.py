@@ -242,13 +242,13 @@ def pretrain(cfg: MAEConfig) -> dict[str, Any]:
     return {"history": history, "checkpoint": str(out)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m training.pretrain_mae --config X.yaml key=value ...``."""
+def load_mae_config(argv: list[str]) -> MAEConfig:
+    """An :class:`MAEConfig` from ``[--config X.yaml] key=value ...`` (unknown keys are errors)."""
     import yaml
 
     from .config import _coerce, apply_overrides, normalise_flags
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = list(argv)
     data: dict[str, Any] = {}
     if "--config" in argv:
         i = argv.index("--config")
@@ -259,10 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"unknown MAE config keys {unknown}; expected {sorted(known)}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     defaults = MAEConfig()
-    data = {k: _coerce(v, getattr(defaults, k), k) for k, v in data.items()}
-    summary = pretrain(MAEConfig(**data))
+    return MAEConfig(**{k: _coerce(v, getattr(defaults, k), k) for k, v in data.items()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.pretrain_mae --config X.yaml key=value ...``."""
+    cfg = load_mae_config(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    summary = pretrain(cfg)
     print(json.dumps({"checkpoint": summary["checkpoint"], "final_loss": summary["history"][-1]}))
     return 0
 
