@@ -57,6 +57,11 @@ class PropagationSettings:
             after the preset) under the mask moves by more than ``max_intensity_jump`` times
             the previous slice's spread (at least ``min_intensity_spread``): the mask has left
             the tumour for another tissue.
+        click_mode: how clicks that come with a box reach the model: ``"points"`` as point
+            prompts; ``"box"`` as edits of the box (a positive click outside grows it to take
+            the click in, a negative click inside moves the nearest edge past it); ``"auto"``
+            uses box edits for models trained on boxes only (LiteMedSAM, whose point answers
+            are weak) and points otherwise.
         change_tol: a correction stops re-propagating where Dice(new, old) >= this.
         anisotropy_margin: the box margin is at least this times the ratio of the slice
             gap to the in-plane pixel size (needs the segmenter's ``spacing``).
@@ -72,6 +77,7 @@ class PropagationSettings:
     max_intensity_jump: float = 1.2
     min_intensity_spread: float = 6.0
     change_tol: float = 0.97
+    click_mode: str = "auto"
     anisotropy_margin: float = 0.7
 
 
@@ -140,8 +146,19 @@ class Propagator:
         box: list[float] | None = None,
         clip: tuple[float, float, float, float] | None = None,
     ) -> Iterator[Progress]:
-        """Add points (and/or replace the box) on slice ``z`` and re-propagate as needed."""
+        """Add points (and/or replace the box) on slice ``z`` and re-propagate as needed.
+
+        Slice ``z`` becomes a key slice: it re-propagates outward, up to half-way to the next
+        key slice on each side (slices nearer that one keep following it), and stops early
+        where the result no longer changes. An object made from a 3D box stays inside that
+        box (its xy extent and z-range).
+        """
         z = self.seg.check_index(z)
+        lo, hi = 0, self.seg.num_slices - 1
+        for p in obj.key_prompts.values():
+            if p.get("box3d"):
+                x0, y0, lo, x1, y1, hi = p["box3d"]
+                clip = clip if clip is not None else (x0, y0, x1, y1)
         prompt = dict(obj.key_prompts.get(z, {}))
         if box is not None:
             prompt["box"] = [float(v) for v in box]
@@ -158,8 +175,13 @@ class Propagator:
         obj.slices[z] = self._predict_key(obj, z, clip, correction=True)
         yield Progress(1, None, z, "corrected slice")
         done = 1
+        # slices nearer another key slice keep following that one (as in key_slices)
+        below = [k for k in obj.key_prompts if k < z]
+        above = [k for k in obj.key_prompts if k > z]
+        lo = (max(below) + z) // 2 + 1 if below else int(lo)
+        hi = (min(above) + z) // 2 if above else int(hi)
         for step in (-1, +1):
-            for zz in self._repropagate(obj, z, step, clip):
+            for zz in self._repropagate(obj, z, step, clip, (lo, hi)):
                 done += 1
                 yield Progress(done, None, zz, "re-propagating")
 
@@ -195,6 +217,9 @@ class Propagator:
             else None
         )
         source = "correction" if correction else ("box" if box is not None else "points")
+        if box is not None and pts is not None and self._clicks_edit_box():
+            box, pts, lab = _edit_box(box, pts, lab, self.margin()), None, None
+            p["edited_box"] = [float(v) for v in box]
         pred = self.seg.predict(
             z,
             box=box,
@@ -206,6 +231,14 @@ class Propagator:
         )
         pred.prompt.pop("candidates", None)
         return self._clip(pred, clip)
+
+    def _clicks_edit_box(self) -> bool:
+        mode = self.settings.click_mode
+        if mode not in ("auto", "points", "box"):
+            raise ValueError(f"click_mode={mode!r}; expected 'auto', 'points' or 'box'")
+        if mode == "auto":
+            return str(getattr(self.seg.config, "name", "")).startswith("lite_medsam")
+        return mode == "box"
 
     def margin(self) -> float:
         """Pixels added around the previous mask's box: ``box_margin`` on the model grid, or
@@ -299,10 +332,12 @@ class Propagator:
         if name is not None:
             obj.stop_reasons[name] = reason
 
-    def _repropagate(self, obj: ObjectSegmentation, z: int, step: int, clip) -> Iterator[int]:
+    def _repropagate(
+        self, obj: ObjectSegmentation, z: int, step: int, clip, z_range: tuple[int, int]
+    ) -> Iterator[int]:
         prev = obj.slices[z]
         zz = z + step
-        while 0 <= zz < self.seg.num_slices and zz not in obj.key_prompts:
+        while z_range[0] <= zz <= z_range[1] and zz not in obj.key_prompts:
             old = obj.slices.get(zz)
             if prev.area < self.settings.min_area:
                 if old is not None:
@@ -328,6 +363,21 @@ class Propagator:
 def run(job: Iterator[Progress]) -> list[Progress]:
     """Consume a job to the end (no progress display); returns the progress events."""
     return list(job)
+
+
+def _edit_box(box: np.ndarray, points: np.ndarray, labels: np.ndarray, margin: float) -> np.ndarray:
+    """``box`` ``[x0, y0, x1, y1]`` edited by clicks (see ``PropagationSettings.click_mode``)."""
+    b = np.asarray(box, dtype=np.float32).copy()
+    for (x, y), lab in zip(points, labels, strict=True):
+        inside = b[0] <= x <= b[2] and b[1] <= y <= b[3]
+        if lab == 1 and not inside:
+            b[:2] = np.minimum(b[:2], [x - margin, y - margin])
+            b[2:] = np.maximum(b[2:], [x + margin, y + margin])
+        elif lab == 0 and inside:
+            gaps = [x - b[0], y - b[1], b[2] - x, b[3] - y]
+            side = int(np.argmin(gaps))
+            b[side] = (x, y, x, y)[side] + (1.0 if side < 2 else -1.0)
+    return b
 
 
 def _corner_box(box: Any) -> np.ndarray:

@@ -213,3 +213,44 @@ def test_nan_volume_is_refused(tiny_model):
     vol[3, 4, 5] = np.nan
     with pytest.raises(ValueError, match="1 NaN/Inf"):
         SliceSegmenter(tiny_model, vol, "minmax")
+
+
+def test_clicks_as_box_edits():
+    from napari_sam_med.volume.propagate import _edit_box
+
+    box = np.array([10, 10, 50, 40], np.float32)
+    grown = _edit_box(box, np.array([[60.0, 20.0]]), np.array([1]), margin=2)
+    np.testing.assert_allclose(grown, [10, 10, 62, 40])
+    # a negative click near the right edge moves that edge past the click
+    cut = _edit_box(box, np.array([[45.0, 25.0]]), np.array([0]), margin=2)
+    np.testing.assert_allclose(cut, [10, 10, 44, 40])
+    # clicks that agree with the box change nothing
+    same = _edit_box(box, np.array([[30.0, 20.0], [70.0, 70.0]]), np.array([1, 0]), margin=2)
+    np.testing.assert_allclose(same, box)
+
+
+def test_correction_of_a_box3d_object_stays_in_its_box(tiny_model, monkeypatch):
+    vol, blob = blob_volume()
+    seg = SliceSegmenter(tiny_model, vol, "minmax")
+    from napari_sam_med.volume.slices import SlicePrediction
+
+    def fake_predict(z, box=None, **kw):
+        return SlicePrediction(
+            z,
+            np.ones_like(blob[z]),
+            np.zeros((32, 32), np.float32),
+            0.9,
+            0.95,
+            kw.get("source", ""),
+            {},
+        )
+
+    monkeypatch.setattr(seg, "predict", fake_predict)
+    obj = ObjectSegmentation(1)
+    prop = Propagator(seg)
+    run(prop.box3d(obj, [34, 14, 3, 66, 34, 5]))
+    run(prop.correct(obj, 3, points=np.array([[40.0, 20.0]]), labels=np.array([1])))
+    assert sorted(obj.slices) == [3, 4, 5]
+    for p in obj.slices.values():
+        ys, xs = np.nonzero(p.mask)
+        assert xs.min() >= 34 and xs.max() <= 66 and ys.min() >= 14 and ys.max() <= 34
