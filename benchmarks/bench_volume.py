@@ -112,9 +112,9 @@ def quality(args: argparse.Namespace) -> None:
     for case in dev_cases():
         if args.cases and case.name not in args.cases:
             continue
-        img, target, _ = case.load()
+        img, target, spacing = case.load()
         box = box3d_of(target)
-        seg = SliceSegmenter(model, img, guess_preset(case.modality), cache)
+        seg = SliceSegmenter(model, img, guess_preset(case.modality), cache, spacing=spacing)
         base = baseline_box3d(seg, box)
         obj = ObjectSegmentation(1)
         prop = Propagator(seg)
@@ -174,7 +174,7 @@ def speed(args: argparse.Namespace) -> None:
     for case in dev_cases():
         if case.name not in args.speed_cases:
             continue
-        img, target, _ = case.load()
+        img, target, spacing = case.load()
         box = box3d_of(target)
         preset = guess_preset(case.modality)
         t = time.perf_counter()
@@ -182,11 +182,11 @@ def speed(args: argparse.Namespace) -> None:
         t_base = time.perf_counter() - t
         cache = EmbeddingCache(None)
         t = time.perf_counter()
-        seg = SliceSegmenter(fast_model, img, preset, cache)
+        seg = SliceSegmenter(fast_model, img, preset, cache, spacing=spacing)
         run(Propagator(seg).box3d(ObjectSegmentation(1), box))
         t_cold = time.perf_counter() - t
         t = time.perf_counter()
-        seg = SliceSegmenter(fast_model, img, preset, cache)
+        seg = SliceSegmenter(fast_model, img, preset, cache, spacing=spacing)
         run(Propagator(seg).box3d(ObjectSegmentation(1), box))
         t_warm = time.perf_counter() - t
         tb, to = tb + t_base, to + t_cold
