@@ -22,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dev_cases import box3d_of  # noqa: E402
+
 SHAPE = (300, 512, 512)  # z, y, x
 LESION = (150, 260, 300, 15)  # z, y, x centre and radius in voxels (1 mm in-plane, 2 mm slices)
 
@@ -42,15 +45,7 @@ def make_volume(path: Path) -> list[int]:
     img = sitk.GetImageFromArray(vol)
     img.SetSpacing((1.0, 1.0, 2.0))
     sitk.WriteImage(img, str(path), useCompression=True)
-    zs, ys, xs = np.nonzero(lesion)
-    return [
-        int(xs.min()),
-        int(ys.min()),
-        int(zs.min()),
-        int(xs.max()),
-        int(ys.max()),
-        int(zs.max()),
-    ]
+    return box3d_of(lesion)
 
 
 def child(path: str, box: list[int], segment: bool) -> None:
