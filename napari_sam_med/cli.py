@@ -312,20 +312,16 @@ def cmd_auto(args: argparse.Namespace) -> int:
     """``sam-med auto``: automatic mask generation slice by slice, linked into 3D labels."""
     from tqdm import tqdm
 
+    from .amg import settings_for_model
     from .volume.io import read_volume, write_labels
     from .volume.segment import resolve_preset, segment_automatic
 
     model = _load_model(args)
     vol = read_volume(args.image)
     preset = resolve_preset(args.preset, args.modality, vol)
-    prompt_type = args.prompt_type
-    if prompt_type == "auto":
-        prompt_type = "boxes" if "medsam" in model.config.name else "points"
-    # Box-prompted LiteMedSAM scores good masks lower than SAM does (IoU ~0.85, stability
-    # ~0.83 on a clear lesion of the sample CT), so SAM's 0.88/0.95 would drop them.
-    boxes = prompt_type == "boxes"
-    iou = args.pred_iou_thresh if args.pred_iou_thresh is not None else (0.8 if boxes else 0.88)
-    stab = args.stability_thresh if args.stability_thresh is not None else (0.8 if boxes else 0.95)
+    amg = settings_for_model(
+        model.config.name, args.prompt_type, args.pred_iou_thresh, args.stability_thresh
+    )
     bar = tqdm(desc="slices", unit="slice", disable=args.no_progress)
 
     def on_progress(ev) -> None:
@@ -334,8 +330,8 @@ def cmd_auto(args: argparse.Namespace) -> int:
 
     labels = segment_automatic(
         model, vol, preset, slices=args.slices, link_iou=args.link_iou,
-        min_voxels=args.min_voxels, on_progress=on_progress, prompt_type=prompt_type,
-        points_per_side=args.points_per_side, pred_iou_thresh=iou, stability_score_thresh=stab,
+        min_voxels=args.min_voxels, on_progress=on_progress,
+        points_per_side=args.points_per_side, **amg,
     )  # fmt: skip
     bar.close()
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
