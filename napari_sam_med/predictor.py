@@ -15,6 +15,7 @@ import torch
 
 from .modeling import Sam
 from .preprocessing import ImageGeometry, geometry_for, low_res_to_original, prepare_image
+from .text import TextEncoder, text_encoder_from_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -26,13 +27,16 @@ class SamPredictor:
 
     Args:
         model: a model from :func:`napari_sam_med.build_sam` (it carries ``model.config``).
+        text_encoder: encoder for ``str`` text prompts. ``None``: the one named by the
+            checkpoint's metadata (``text_encoder``), loaded on the first string prompt.
     """
 
-    def __init__(self, model: Sam) -> None:
+    def __init__(self, model: Sam, text_encoder: TextEncoder | None = None) -> None:
         if not hasattr(model, "config"):
             raise ValueError("SamPredictor needs a model built by build_sam (it has no .config)")
         self.model = model
         self.config = model.config
+        self.text_encoder = text_encoder
         self.reset_image()
 
     @property
@@ -98,6 +102,7 @@ class SamPredictor:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        text: str | torch.Tensor | np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Predict masks for one set of prompts on the current image.
 
@@ -109,20 +114,25 @@ class SamPredictor:
                 (``s = 4 * image_embedding_size``, 256 for the public models).
             multimask_output: return the three ambiguity masks instead of one.
             return_logits: return float logits instead of boolean masks.
+            text: a text prompt, alone or with points/box: a string (encoded with
+                :attr:`text_encoder`) or a ``(T,)`` / ``(1, T)`` embedding used as is. Only
+                for models trained with text (``config.text_dim``).
 
         Returns:
             ``masks (K, H, W)`` bool (or float logits), ``iou_predictions (K,)`` float32 and
             ``low_res_logits (K, s, s)`` float32, with K = 3 or 1.
 
         Raises:
-            ValueError: no image set, empty prompt, wrong shapes, NaNs, prompts outside the image.
+            ValueError: no image set, empty prompt, wrong shapes, NaNs, prompts outside the
+                image, or a text prompt for a model without text support.
         """
         self._require_image()
+        text_t = self.encode_text(text) if text is not None else None
         coords_t, labels_t, box_t, mask_t = self._validate_prompts(
-            point_coords, point_labels, box, mask_input
+            point_coords, point_labels, box, mask_input, has_text=text_t is not None
         )
         masks, iou, low = self.predict_torch(
-            coords_t, labels_t, box_t, mask_t, multimask_output, return_logits
+            coords_t, labels_t, box_t, mask_t, multimask_output, return_logits, text=text_t
         )
         return (
             masks[0].cpu().numpy(),
@@ -130,12 +140,14 @@ class SamPredictor:
             low[0].float().cpu().numpy(),
         )
 
-    def _validate_prompts(self, point_coords, point_labels, box, mask_input):
+    def _validate_prompts(self, point_coords, point_labels, box, mask_input, has_text=False):
         geom = self.geometry
         h, w = geom.original_size
         coords_t = labels_t = box_t = mask_t = None
-        if point_coords is None and box is None and mask_input is None:
-            raise ValueError("empty prompt: give point_coords/point_labels, a box, or mask_input")
+        if point_coords is None and box is None and mask_input is None and not has_text:
+            raise ValueError(
+                "empty prompt: give point_coords/point_labels, a box, mask_input or text"
+            )
         if (point_coords is None) != (point_labels is None):
             raise ValueError("point_coords and point_labels must be given together")
         if point_coords is not None:
@@ -145,7 +157,7 @@ class SamPredictor:
                 else np.zeros((0, 2), np.float32)
             )
             labels = np.asarray(point_labels).reshape(-1)
-            if len(pts) == 0 and box is None and mask_input is None:
+            if len(pts) == 0 and box is None and mask_input is None and not has_text:
                 raise ValueError("empty prompt: point_coords has no points and there is no box")
             if labels.shape[0] != pts.shape[0]:
                 raise ValueError(
@@ -185,6 +197,7 @@ class SamPredictor:
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        text: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Batched prediction with prompts ALREADY in model-input coordinates.
 
@@ -195,6 +208,7 @@ class SamPredictor:
             point_labels: ``(B, N)`` int, or None.
             boxes: ``(B, 4)`` float, or None.
             mask_input: ``(B, 1, s, s)`` low-res logits, or None.
+            text: ``(B, T)`` text embeddings (see :meth:`encode_text`), or None.
 
         Returns:
             ``masks (B, K, H, W)``, ``iou_predictions (B, K)``, ``low_res_logits (B, K, s, s)``.
@@ -202,17 +216,96 @@ class SamPredictor:
         self._require_image()
         points = (point_coords, point_labels) if point_coords is not None else None
         with torch.inference_mode():
-            low, iou = self.model.decode(
-                self.features,
-                points=points,
-                boxes=boxes,
-                masks=mask_input,
-                multimask_output=multimask_output,
-            )
+            if text is None:
+                low, iou = self.model.decode(
+                    self.features,
+                    points=points,
+                    boxes=boxes,
+                    masks=mask_input,
+                    multimask_output=multimask_output,
+                )
+            else:
+                low, iou = self._decode_with_text(points, boxes, mask_input, text, multimask_output)
             masks = low_res_to_original(low, self.geometry)
         if not return_logits:
             masks = masks > MASK_THRESHOLD
         return masks, iou, low
+
+    def _decode_with_text(self, points, boxes, masks, text, multimask_output):
+        # Sam.decode has no text argument yet: the same two calls, with the text token
+        pe = self.model.prompt_encoder
+        sparse, dense = pe(points=points, boxes=boxes, masks=masks, text=text.to(self.device))
+        return self.model.mask_decoder(
+            image_embeddings=self.features,
+            image_pe=pe.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+
+    # ------------------------------------------------------------------- text
+    @property
+    def supports_text(self) -> bool:
+        """Whether the model was built with a text prompt (``config.text_dim`` set)."""
+        return self.config.text_dim is not None
+
+    def require_text_support(self) -> None:
+        """Raise the standard ValueError when the model has no text-prompt support."""
+        if not self.supports_text:
+            source = getattr(self.model, "checkpoint_path", None) or self.config.name
+            raise ValueError(
+                f"this model has no text-prompt support ({source}: its config has "
+                f"text_dim=None); use points or a box, or a checkpoint trained with text prompts"
+            )
+
+    def get_text_encoder(self) -> TextEncoder:
+        """The encoder for string prompts: the given one, else the checkpoint's (loaded once).
+
+        Raises:
+            ValueError: no text support, no encoder recorded, or an encoder of the wrong width.
+            ImportError: the encoder's package is not installed (with the install hint).
+        """
+        self.require_text_support()
+        if self.text_encoder is None:
+            meta = getattr(self.model, "checkpoint_metadata", None) or {}
+            encoder = text_encoder_from_metadata(meta)
+            if encoder is None:
+                raise ValueError(
+                    f"this model takes {self.config.text_dim}-d text embeddings but its "
+                    f"checkpoint metadata names no 'text_encoder'; pass "
+                    f"SamPredictor(model, text_encoder=load_text_encoder(...)) or an embedding"
+                )
+            self.text_encoder = encoder
+        if self.text_encoder.dim != self.config.text_dim:
+            raise ValueError(
+                f"text encoder {self.text_encoder.name!r} gives {self.text_encoder.dim}-d "
+                f"embeddings but the model expects text_dim={self.config.text_dim}"
+            )
+        return self.text_encoder
+
+    def encode_text(self, text: str | torch.Tensor | np.ndarray) -> torch.Tensor:
+        """A text prompt as a ``(1, T)`` float32 embedding on the model's device.
+
+        Args:
+            text: a non-empty string, or a ``(T,)`` / ``(1, T)`` embedding (used as is).
+
+        Raises:
+            ValueError: no text support, empty string, wrong width, or NaN/Inf values.
+        """
+        self.require_text_support()
+        if isinstance(text, str):
+            if not text.strip():
+                raise ValueError("empty text prompt: give a word or phrase, e.g. 'tumour'")
+            emb = self.get_text_encoder().encode([text.strip()])
+        else:
+            emb = torch.as_tensor(np.asarray(text) if isinstance(text, np.ndarray) else text)
+            emb = emb.detach().float().reshape(1, -1) if emb.ndim == 1 else emb.detach().float()
+        t = self.config.text_dim
+        if emb.shape != (1, t):
+            raise ValueError(f"text embedding must be ({t},) or (1, {t}); got {tuple(emb.shape)}")
+        if not torch.isfinite(emb).all():
+            raise ValueError("text embedding contains NaN or Inf")
+        return emb.to(self.device)
 
     def geometry_for(self, shape_hw: tuple[int, int]) -> ImageGeometry:
         """Geometry of an ``(H, W)`` image for this model (no embedding computed)."""

@@ -216,7 +216,9 @@ class Propagator:
             if (correction and prev is not None and self.settings.use_mask_prompt)
             else None
         )
-        source = "correction" if correction else ("box" if box is not None else "points")
+        text = p.get("text")
+        kind = "box" if box is not None else ("points" if pts is not None else "text")
+        source = "correction" if correction else kind
         if box is not None and pts is not None and self._clicks_edit_box():
             box, pts, lab = _edit_box(box, pts, lab, self.margin()), None, None
             p["edited_box"] = [float(v) for v in box]
@@ -228,6 +230,7 @@ class Propagator:
             mask_input=mask_in,
             source=source,
             multimask=box is None and pts is not None and len(pts) == 1,
+            text=text,
         )
         pred.prompt.pop("candidates", None)
         return self._clip(pred, clip)

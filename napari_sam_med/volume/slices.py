@@ -175,8 +175,12 @@ class SliceSegmenter:
         mask_input: np.ndarray | None = None,
         source: str = "prompt",
         multimask: bool = False,
+        text: str | torch.Tensor | None = None,
     ) -> SlicePrediction:
         """Predict slice ``z`` from prompts in ``(x, y)`` pixels of the slice.
+
+        ``text`` is a text prompt (a string, or a ``(T,)`` embedding) for models trained
+        with text; it may come alone or with the points/box.
 
         With ``multimask`` the candidate with the highest predicted IoU is returned and all
         of them are attached as ``prompt["candidates"]`` (``masks`` (K, H, W) bool, ``ious``
@@ -191,6 +195,7 @@ class SliceSegmenter:
             mask_input=mask_input,
             multimask_output=multimask,
             return_logits=True,
+            text=text,
         )
         best = int(np.argmax(ious))
         logits = low[best]
@@ -201,6 +206,8 @@ class SliceSegmenter:
         if points is not None and len(points):
             prompt["points"] = np.asarray(points, dtype=float).tolist()
             prompt["point_labels"] = [int(v) for v in np.asarray(labels).ravel()]
+        if isinstance(text, str):
+            prompt["text"] = text
         if multimask:
             prompt["candidates"] = {"masks": masks > 0, "ious": ious.tolist(), "logits": low}
         return SlicePrediction(
