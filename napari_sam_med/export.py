@@ -22,9 +22,12 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .volume.io import (
     READ_SUFFIXES,
@@ -35,11 +38,10 @@ from .volume.io import (
     write_volume,
 )
 from .volume.qc import write_json_atomic
+from .volume.session_log import LABEL_EXTS as _LABEL_EXTS
+from .volume.session_log import labels_beside, load_session_log
 
 logger = logging.getLogger(__name__)
-
-SESSION_FORMAT = "napari-sam-med-session"
-_LABEL_EXTS = (".nii.gz", ".nii", ".nrrd", ".mha")
 LABEL_SUFFIXES = ("_label", "_labels", "_mask", "_seg", "_gt")
 _IMAGE_SUFFIXES = ("_image", "_img", "_0000")
 _PAIR_DIRS = (("imagesTr", "labelsTr"), ("images", "labels"))
@@ -64,6 +66,9 @@ class ExportItem:
         case: case name (default: from the image file name).
         label_names: names of label values (e.g. ``{1: "sarcoma"}``).
         log: the session log (JSON dict) to keep in ``logs/``, if any.
+        image_volume, label_array: in-memory data used instead of reading ``image`` and
+            ``label`` (the plugin exports what is on screen; ``label_array`` is ``(z, y, x)``
+            on the grid of ``image_volume``).
     """
 
     image: str
@@ -71,6 +76,8 @@ class ExportItem:
     case: str | None = None
     label_names: dict[int, str] = field(default_factory=dict)
     log: dict[str, Any] | None = None
+    image_volume: Any = None
+    label_array: Any = None
 
 
 def case_name(path: str | os.PathLike) -> str:
@@ -91,12 +98,7 @@ def item_from_session(log_path: str | os.PathLike) -> ExportItem:
         ValueError: not a session log, no image path recorded, or a missing file (named).
     """
     log_path = Path(log_path)
-    try:
-        log = json.loads(log_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{log_path}: cannot read the session log ({err})") from err
-    if not isinstance(log, dict) or log.get("format") != SESSION_FORMAT:
-        raise ValueError(f"{log_path}: not a napari-sam-med session log (format {SESSION_FORMAT})")
+    log = load_session_log(log_path)
     image = (log.get("image") or {}).get("path")
     if not image:
         raise ValueError(
@@ -106,8 +108,7 @@ def item_from_session(log_path: str | os.PathLike) -> ExportItem:
     if not Path(image).exists():
         raise ValueError(f"{log_path}: the session's image {image} does not exist")
     base = log_path.name.removesuffix(".session.json")
-    label = next((p for p in (log_path.with_name(base + s) for s in _LABEL_EXTS)
-                  if p.is_file()), None)  # fmt: skip
+    label = labels_beside(log_path)
     if label is None:
         raise ValueError(
             f"{log_path}: no saved labels beside it (expected {base}.nii.gz, .nii, .nrrd or .mha)"
@@ -158,6 +159,7 @@ def export_dataset(
     modality: str | None = None,
     label_names: dict[int, str] | None = None,
     overwrite: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, Any]:
     """Write ``items`` into the MSD-style dataset at ``out_dir`` (created or extended).
 
@@ -165,6 +167,7 @@ def export_dataset(
         items: the cases; their ``label_names`` are overridden by ``label_names``.
         modality: ``CT``/``MR``... stored as ``modality["0"]``.
         overwrite: replace cases whose name is already in the dataset.
+        progress: called with ``(done, total, case)`` after each case is written.
 
     Returns:
         The written ``dataset.json`` content.
@@ -199,23 +202,36 @@ def export_dataset(
         else:
             existing[fname] = len(meta["training"])
             meta["training"].append(entry)
+        if progress is not None:
+            progress(len(seen), len(items), case)
     meta["numTraining"] = len(meta["training"])
     write_json_atomic(out / "dataset.json", meta)
     return meta
 
 
 def _export_one(item: ExportItem, out: Path, case: str, fname: str) -> dict[str, Any]:
-    image = read_volume(item.image)
-    labels = read_volume(item.label)
-    check_label_matches(labels, image)
-    if not (labels.array > 0).any():
+    image = item.image_volume if item.image_volume is not None else read_volume(item.image)
+    if item.label_array is not None:
+        labels = np.asarray(item.label_array)
+        if labels.shape != image.array.shape:
+            raise ValueError(
+                f"{item.label}: labels have shape {labels.shape} (z, y, x) but the image "
+                f"{image.array.shape}"
+            )
+    else:
+        vol = read_volume(item.label)
+        check_label_matches(vol, image)
+        labels = vol.array
+    if not (labels > 0).any():
         raise ValueError(f"{item.label}: label is empty (no voxel > 0); not exported")
     write_volume(image, out / "imagesTr" / fname)
-    write_labels(labels.array, image, out / "labelsTr" / fname)
+    write_labels(labels, image, out / "labelsTr" / fname)
     entry: dict[str, Any] = {
         "image": f"./imagesTr/{fname}",
         "label": f"./labelsTr/{fname}",
-        "source_image": str(Path(item.image).resolve()),
+        "source_image": str(Path(item.image).resolve())
+        if Path(item.image).exists()
+        else item.image,
     }
     if item.log is not None:
         write_json_atomic(out / "logs" / f"{case}.session.json", item.log)

@@ -13,7 +13,6 @@ widget stays instant.
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 from collections.abc import Iterator
@@ -165,42 +164,22 @@ class Engine:
         decoder pass). A box or several points default to the single-mask output, which is
         yielded at once; the three ambiguity masks are decoded afterwards and the returned
         preview lists them before the ``auto`` (single-mask) candidate, which stays chosen.
+        (The rule lives in ``volume.session_log.candidate_steps``, shared with the replay.)
         """
-        from ..volume.slices import choose_candidate
+        from ..volume.session_log import candidate_steps
 
-        box, pts, lab = prompt_arrays(prompt, self.segmenter.slice_shape)
-        if box is None and pts is None:
-            raise ValueError(f"slice {z}: the prompt has no points and no box")
-        args = {"box": box, "points": pts, "labels": lab, "source": "prompt"}
-        single = None
-        if box is not None or len(pts) > 1:
-            single = self.predict(z, multimask=False, **args)
-            yield Preview(int(z), prompt, [single], ["auto"], 0)
-        multi = self.predict(z, multimask=True, **args)
-        ious = multi.prompt["candidates"]["ious"]
-        preds = [choose_candidate(multi, i) for i in range(len(ious))]
-        names = [str(i + 1) for i in range(len(preds))]
-        if single is None:
-            full = Preview(int(z), prompt, preds, names, int(np.argmax(ious)))
-            yield full
-            return full
-        return Preview(int(z), prompt, [*preds, single], [*names, "auto"], len(preds))
+        full = None
+        for preds, names, index in candidate_steps(_LockedSegmenter(self), z, prompt):
+            if full is None:
+                yield Preview(int(z), prompt, preds, names, index)  # the first mask, at once
+            full = Preview(int(z), prompt, preds, names, index)
+        return full
 
     def propagator(self, pins: dict[int, Any]) -> Any:
         """A ``Propagator`` whose key slices use ``pins`` (z -> the mask the user accepted)."""
-        from ..volume.propagate import Propagator
+        from ..volume.session_log import pinned_propagator
 
-        class _Pinned(Propagator):
-            """Key slices keep the prediction shown to the user instead of re-predicting."""
-
-            def _predict_key(self, obj, z, clip, correction=False):
-                if z in pins:
-                    pred = copy.copy(pins[z])
-                    pred.mask = pred.mask.copy()
-                    return self._clip(pred, clip)
-                return super()._predict_key(obj, z, clip, correction)
-
-        return _Pinned(_LockedSegmenter(self))
+        return pinned_propagator(_LockedSegmenter(self), pins)
 
 
 class _LockedSegmenter:
@@ -214,23 +193,3 @@ class _LockedSegmenter:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine.segmenter, name)
-
-
-def prompt_arrays(
-    prompt: dict[str, Any], slice_shape: tuple[int, int]
-) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """``(box (4,), points (N, 2), labels (N,))`` from a prompt, clipped to the slice.
-
-    Clicks that fall just outside the image (on its border) are moved onto it, so that a
-    click never fails because of a fraction of a pixel.
-    """
-    h, w = slice_shape
-    box = pts = lab = None
-    if prompt.get("box"):
-        b = np.asarray(prompt["box"], np.float32).ravel()
-        b = np.array([min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])])
-        box = np.clip(b, 0, [w - 1, h - 1, w - 1, h - 1]).astype(np.float32)
-    if prompt.get("points"):
-        pts = np.clip(np.asarray(prompt["points"], np.float32).reshape(-1, 2), 0, [w - 1, h - 1])
-        lab = np.asarray(prompt["point_labels"], np.int64).ravel()
-    return box, pts, lab

@@ -2,9 +2,12 @@
 
 The log (``format: napari-sam-med-session``) lists every user action in order; prompts carry
 their slice, their SAM-order coordinates (points ``(x, y)``, boxes ``[x0, y0, x1, y1]``,
-pixels of the slice), the model and the intensity preset. :func:`replay` runs the actions
-again through a fresh :class:`~._session.Session` with any model, so the masks can be
-regenerated with another checkpoint.
+pixels of the slice), the model and the intensity preset; brush edits carry the painted
+voxels; objects carry their prompts, edited slices and time spent. Reading and validating a
+log is ``napari_sam_med.volume.session_log``'s job (shared with ``sam-med export`` and
+``sam-med replay``). :func:`replay` runs the actions again through a fresh
+:class:`~._session.Session` with any model, so the masks can be regenerated with another
+checkpoint (the widget's "Replay log"; "Compare" uses ``session_log.replay_objects``).
 
 Autosave writes the committed labels and the log into
 ``<cache folder>/autosave/<image content hash>/`` after every change of the labels map
@@ -25,12 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from ..volume.session_log import LOG_FORMAT, LOG_VERSION, load_session_log
 from ._session import Session
 
 logger = logging.getLogger(__name__)
-
-LOG_FORMAT = "napari-sam-med-session"
-LOG_VERSION = 1
 
 
 def session_log(session: Session) -> dict[str, Any]:
@@ -44,7 +45,7 @@ def session_log(session: Session) -> dict[str, Any]:
         "preset": session.preset,
         "coordinates": "prompts in SAM order: points [x, y], boxes [x0, y0, x1, y1], pixels "
         "of slice z (array index along axis 0 of the (z, y, x) volume)",
-        "objects": [session.summary(o.label) for o in session.objects],
+        "objects": [session.log_summary(o.label) for o in session.objects],
         "events": session.events,
     }
 
@@ -69,21 +70,12 @@ def save_log(session: Session, path: str | os.PathLike) -> Path:
 
 
 def load_log(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a session log.
+    """Read and validate a session log (``session_log.load_session_log``).
 
     Raises:
-        ValueError: naming the file, when it is not JSON or not a napari-sam-med session log.
+        ValueError: naming the file, the event and the offending value.
     """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read the session log ({exc})") from exc
-    if not isinstance(data, dict) or data.get("format") != LOG_FORMAT:
-        raise ValueError(f"{path}: not a napari-sam-med session log (format {LOG_FORMAT!r})")
-    if not isinstance(data.get("events"), list):
-        raise ValueError(f"{path}: the session log has no 'events' list")
-    return data
+    return load_session_log(path)
 
 
 def replay(
@@ -138,6 +130,10 @@ def _replay_event(session: Session, engine: Any, ev: dict[str, Any]) -> None:
         session.finish_job(job)
     elif action == "commit":
         session.commit(label)
+    elif action == "paint":
+        _replay_paint(session, ev)
+    elif action in ("accept_proposal", "reject_proposal"):
+        _replay_proposal(session, engine, ev)
     elif action == "delete":
         session.delete_object(label)
     elif action == "relabel":
@@ -152,6 +148,45 @@ def _replay_event(session: Session, engine: Any, ev: dict[str, Any]) -> None:
         session.redo()
     else:
         raise ValueError(f"unknown action {action!r} in the session log")
+
+
+def _replay_paint(session: Session, ev: dict[str, Any]) -> None:
+    from ..amg_utils import rle_to_mask
+
+    plane = session.shape[1] * session.shape[2]
+    index, values = [], []
+    for e in ev["edits"]:
+        mask = rle_to_mask(e["rle"])
+        if mask.shape != session.shape[1:] or not 0 <= e["z"] < session.shape[0]:
+            raise ValueError(f"a brush edit on slice {e['z']} does not fit the image")
+        flat = np.flatnonzero(mask.ravel()) + e["z"] * plane
+        index.append(flat)
+        values.append(np.full(len(flat), e["value"], np.uint16))
+    if index:
+        index_a = np.concatenate(index)
+        before = session.labels.flat[index_a].copy()
+        session.labels.flat[index_a] = np.concatenate(values)
+        session.record_paint(index_a, before)
+
+
+def _replay_proposal(session: Session, engine: Any, ev: dict[str, Any]) -> None:
+    from ._proposals import Proposal
+
+    z, prompt = int(ev["z"]), ev.get("prompt") or {}
+    pred = engine.preview(z, prompt).chosen
+    prop = Proposal(z, pred, prompt)
+    if ev["action"] == "reject_proposal":
+        session.reject_proposal(prop, ev.get("seconds"))
+        return
+    if ev.get("propagated"):
+        from ..volume.objects import ObjectSegmentation
+
+        obj = ObjectSegmentation(1, "proposal")
+        obj.key_prompts = {z: dict(prompt)}
+        for _ in engine.propagator({z: pred}).key_slices(obj):
+            pass
+        prop.slices = dict(obj.slices)
+    session.accept_proposal(prop, ev.get("seconds"))
 
 
 # ------------------------------------------------------------------- autosave
@@ -210,6 +245,7 @@ def restore(session: Session, saved: dict[str, Any]) -> None:
     for value in sorted(int(v) for v in np.unique(labels) if v):
         info = meta.get(value, {})
         obj = session.new_object(info.get("name"), value, info.get("color"))
+        obj.source = "restored"
         for z in np.flatnonzero((labels == value).any(axis=(1, 2))):
             mask = labels[z] == value
             obj.seg.slices[int(z)] = SlicePrediction(

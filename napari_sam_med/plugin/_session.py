@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from ._annotate import AnnotateMixin
 from ._state import (
     MAX_UNDO,
     Action,
@@ -29,12 +31,13 @@ from ._state import (
     box_around,
     clean_prompt,
     color_for,
+    touch,
 )
 
 logger = logging.getLogger(__name__)
 
 
-class Session:
+class Session(AnnotateMixin):
     """State of one image's segmentation session.
 
     Args:
@@ -61,6 +64,8 @@ class Session:
         self.last_preview: tuple[int, Any] | None = None
         self._undo: list[Action] = []
         self._redo: list[Action] = []
+        self.clock: Callable[[], float] = time.monotonic  # tests substitute a fake clock
+        self._t0 = self.clock()
 
     # ------------------------------------------------------------------ queries
     def obj(self, label: int | None = None) -> SessionObject:
@@ -101,7 +106,12 @@ class Session:
         self.objects = [o.copy() for o in state[0]]
         self.current = state[1]
 
+    def elapsed(self) -> float:
+        """Seconds since the session started (the ``t`` of every logged event)."""
+        return round(self.clock() - self._t0, 3)
+
     def _do(self, name: str, fn: Callable[[], LabelEdit | None], event: dict) -> None:
+        event.setdefault("t", self.elapsed())
         before = self._state()
         edit = fn()
         self._undo.append(Action(name, before, self._state(), edit))
@@ -126,7 +136,7 @@ class Session:
             self.labels.flat[act.edit.index] = act.edit.after if forward else act.edit.before
         target.append(act)
         self.last_preview = None
-        self.events.append({"action": "redo" if forward else "undo"})
+        self.events.append({"action": "redo" if forward else "undo", "t": self.elapsed()})
         return act.name
 
     # ----------------------------------------------------------------- objects
@@ -215,22 +225,31 @@ class Session:
     def commit(self, label: int | None = None) -> int:
         """Write the object into the labels map, leaving other objects' voxels untouched.
 
+        The log's commit event records the object's time spent and its brush-edited slices.
+
         Returns:
             The number of voxels whose value changed.
         """
-        from ..volume.objects import compose_labels
-
         o = self.obj(label)
+        event = {"action": "commit", "label": o.label}
 
         def fn() -> LabelEdit:
-            base = np.where(self.labels == o.label, 0, self.labels).astype(np.uint16)
-            target = compose_labels([o.seg], self.shape, overwrite=False, base=base)
-            index = np.flatnonzero(target != self.labels)
-            o.committed = True
-            return self._edit_labels(index, target.flat[index])
+            touch(o, self.clock())
+            event.update(time=o.time_spent(), edited_slices=sorted(o.edits))
+            return self._commit_voxels(o)
 
-        self._do("commit", fn, {"action": "commit", "label": o.label})
+        self._do("commit", fn, event)
         return int(len(self._undo[-1].edit.index))
+
+    def _commit_voxels(self, o: SessionObject) -> LabelEdit:
+        """Write ``o`` into the labels (its old voxels cleared, other objects kept)."""
+        from ..volume.objects import compose_labels
+
+        base = np.where(self.labels == o.label, 0, self.labels).astype(np.uint16)
+        target = compose_labels([o.seg], self.shape, overwrite=False, base=base)
+        index = np.flatnonzero(target != self.labels)
+        o.committed = True
+        return self._edit_labels(index, target.flat[index])
 
     def _edit_labels(self, index: np.ndarray, values: Any) -> LabelEdit:
         before = self.labels.flat[index].copy()
@@ -254,6 +273,7 @@ class Session:
             o.prompts[z] = prompt
             o.seg.key_prompts[z] = copy.deepcopy(preview.prompt)
             self._pin(o, z, preview.chosen)
+            touch(o, self.clock())
 
         event = {
             "action": "prompt",
@@ -263,6 +283,8 @@ class Session:
             "model": self.model_info.get("name"),
             "preset": self.preset,
         }
+        if preview is not None and clean_prompt(preview.prompt) != prompt:
+            event["model_prompt"] = clean_prompt(preview.prompt)  # with a context box
         self._do("prompt", fn, event)
         self.last_preview = (o.label, preview) if preview is not None else None
 
@@ -277,6 +299,7 @@ class Session:
         def fn() -> None:
             preview.index = index
             self._pin(o, preview.z, preview.chosen)
+            touch(o, self.clock())
 
         self._do(
             "candidate", fn, {"action": "candidate", "label": label, "z": preview.z, "index": index}
@@ -329,6 +352,7 @@ class Session:
     def finish_job(self, job: Job) -> None:
         """Accept a finished job's result (an undoable change)."""
         job.work.propagated = True
+        touch(job.work, self.clock())
 
         def fn() -> None:
             self.objects = [job.work if o.label == job.label else o for o in self.objects]

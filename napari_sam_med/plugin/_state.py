@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ..volume.session_log import MAX_UNDO  # noqa: F401  (re-exported for the session)
+
 # Distinct, colour-blind-friendly colours (Okabe-Ito), RGBA in 0..1, by label value.
 PALETTE = [
     (0.90, 0.62, 0.00, 1.0),
@@ -23,7 +25,7 @@ PALETTE = [
     (0.84, 0.37, 0.00, 1.0),
     (0.80, 0.47, 0.65, 1.0),
 ]
-MAX_UNDO = 30
+ACTIVE_GAP_S = 30.0  # a pause longer than this between interactions counts as idle
 
 
 def color_for(label: int) -> tuple[float, float, float, float]:
@@ -42,6 +44,11 @@ class SessionObject:
         pins: z -> the ``SlicePrediction`` the user accepted on a prompted slice.
         propagated: whether "Segment 3D" has run (new prompts then re-propagate).
         committed: whether the object is in the labels map.
+        edits: z -> ``{"added": n, "removed": n}`` voxels changed with napari's brush/eraser.
+        timing: ``first``/``last`` interaction (session clock, s), ``active`` seconds and
+            the number of ``interactions``; see :func:`touch`.
+        source: ``"prompts"``, ``"proposal"`` (an accepted automatic proposal), ``"painted"``
+            (a label value painted without an object) or ``"restored"``.
     """
 
     seg: Any
@@ -50,6 +57,9 @@ class SessionObject:
     pins: dict[int, Any] = field(default_factory=dict)
     propagated: bool = False
     committed: bool = False
+    edits: dict[int, dict[str, int]] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+    source: str = "prompts"
 
     @property
     def label(self) -> int:
@@ -72,7 +82,35 @@ class SessionObject:
             dict(self.pins),
             self.propagated,
             self.committed,
+            copy.deepcopy(self.edits),
+            dict(self.timing),
+            self.source,
         )
+
+    def time_spent(self) -> dict[str, Any]:
+        """``{"seconds", "active_seconds", "interactions"}``: wall-clock seconds from the first
+        interaction (prompt, brush stroke, candidate, 3D run, proposal) to the last one (the
+        commit, usually), and the part of it spent interacting (pauses capped at
+        ``ACTIVE_GAP_S``)."""
+        t = self.timing
+        if not t:
+            return {"seconds": 0.0, "active_seconds": 0.0, "interactions": 0}
+        return {
+            "seconds": round(t["last"] - t["first"], 3),
+            "active_seconds": round(t["active"], 3),
+            "interactions": int(t["interactions"]),
+        }
+
+
+def touch(obj: SessionObject, now: float) -> None:
+    """Record an interaction with ``obj`` at ``now`` (seconds of a monotonic clock)."""
+    t = obj.timing
+    if not t:
+        obj.timing = {"first": now, "last": now, "active": 0.0, "interactions": 1}
+        return
+    t["active"] += min(max(now - t["last"], 0.0), ACTIVE_GAP_S)
+    t["last"] = now
+    t["interactions"] += 1
 
 
 @dataclass
