@@ -3,6 +3,7 @@
 Commands::
 
     sam-med segment IMAGE --box3d X0 Y0 Z0 X1 Y1 Z1 -o OUT.nii.gz [--qc DIR]
+    sam-med segment IMAGE --text "tumour" [--text-slices Z0 Z1] --model TEXT.pt -o OUT.nii.gz
     sam-med segment --manifest cases.json --out-dir D [--resume] [--qc DIR]
     sam-med precompute IMAGE [IMAGE ...]
     sam-med auto IMAGE -o OUT.nii.gz
@@ -82,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--slice", type=float, help="slice (z) of --box")
     s.add_argument("--points", nargs="+", type=float, metavar="X Y Z", help="points x y z ...")
     s.add_argument("--point-labels", nargs="+", type=int, help="1 inside / 0 outside per point")
+    s.add_argument("--text", help="text prompt, e.g. 'tumour' (checkpoints trained with text); "
+                   "alone it searches the slices, else it joins the other prompts")  # fmt: skip
+    s.add_argument("--text-slices", nargs=2, type=int, metavar=("Z0", "Z1"),
+                   help="slices searched for a text-only prompt (default: all)")  # fmt: skip
     s.add_argument("--space", choices=("voxel", "world"), default="voxel",
                    help="prompt coordinates: voxel indices or LPS mm")  # fmt: skip
     s.add_argument("--qc", type=Path, metavar="DIR", help="write PNG overlay + JSON trace here")
@@ -125,6 +130,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     cases = _cases_from_args(args)
     rank, world, local_rank = _dist_env()
     model = _load_model(args, local_rank if world > 1 else None)
+    _check_text_support(cases, model, args.model)
     if world > 1:
         _init_dist(args.dist_timeout_hours)
     mine = cases[rank::world]
@@ -151,7 +157,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def _cases_from_args(args: argparse.Namespace) -> list:
     from .volume.manifest import load_manifest, parse_manifest
 
-    prompts = args.box3d or args.box or args.points or args.slice is not None
+    prompts = args.box3d or args.box or args.points or args.slice is not None or args.text
+    if args.text_slices is not None and (
+        args.text is None or args.box3d or args.box or args.points
+    ):
+        raise ValueError("command line: --text-slices goes with --text alone (no box or points)")
     if args.manifest is not None:
         if args.image or prompts or args.output:
             raise ValueError("command line: give either --manifest or IMAGE with prompts, not both")
@@ -163,7 +173,7 @@ def _cases_from_args(args: argparse.Namespace) -> list:
         raise ValueError("command line: missing IMAGE (or --manifest cases.json)")
     if not prompts:
         raise ValueError(
-            "command line: IMAGE needs a prompt: --box3d, --box with --slice, or --points"
+            "command line: IMAGE needs a prompt: --box3d, --box with --slice, --points or --text"
         )
     if not (args.output or args.out_dir):
         raise ValueError("command line: IMAGE needs -o OUT.nii.gz (or --out-dir DIR)")
@@ -182,6 +192,11 @@ def _cases_from_args(args: argparse.Namespace) -> list:
         raise ValueError("command line: --point-labels needs --points")
     if extra:
         objects.append({k: v for k, v in extra.items() if v is not None})
+    if args.text is not None:
+        if not objects:
+            objects.append({"text_slices": args.text_slices} if args.text_slices else {})
+        for obj in objects:
+            obj["text"] = args.text
     for k, obj in enumerate(objects):
         obj["label"] = k + 1
     case: dict[str, Any] = {"image": args.image, "objects": objects}
@@ -191,6 +206,25 @@ def _cases_from_args(args: argparse.Namespace) -> list:
         case["modality"] = args.modality
     data = {"space": args.space, "cases": [case]}
     return parse_manifest(data, "command line", Path.cwd(), args.out_dir)
+
+
+def _check_text_support(cases: list, model: Any, model_arg: str) -> None:
+    """Refuse text prompts up front (before any output) unless the model takes them and
+    its text encoder loads."""
+    if not any(o.text for c in cases for o in c.objects):
+        return
+    from .predictor import SamPredictor
+
+    predictor = SamPredictor(model)
+    if not predictor.supports_text:
+        raise ValueError(
+            f"text prompts need a checkpoint trained with text; {model_arg} has no text-prompt "
+            f"support (text_dim=None). Use --box3d, --box or --points, or a text checkpoint"
+        )
+    try:
+        predictor.get_text_encoder()
+    except ImportError as exc:
+        raise ValueError(f"{model_arg}: {exc}") from None
 
 
 def _run_with_progress(cases, model, args, kwargs, quiet: bool) -> list:

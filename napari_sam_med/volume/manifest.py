@@ -6,13 +6,16 @@ A manifest is a JSON file (schema in ``docs/cli.md``)::
      "cases": [{"image": "ct1.nii.gz", "output": "ct1_seg.nii.gz", "modality": "CT",
                 "objects": [{"label": 1, "box3d": [x0, y0, z0, x1, y1, z1]},
                             {"label": 2, "box": [x0, y0, x1, y1], "slice": z},
-                            {"label": 3, "points": [[x, y, z]], "point_labels": [1]}]}]}
+                            {"label": 3, "points": [[x, y, z]], "point_labels": [1]},
+                            {"label": 4, "text": "tumour", "text_slices": [z0, z1]}]}]}
 
 Coordinates are voxel indices ``(x, y, z)`` as ITK orders them (boxes inclusive at both
 ends), or LPS millimetres with ``"space": "world"`` (top level, per case or per object),
 converted through :func:`~napari_sam_med.volume.geometry.world_to_index` once the image's
 geometry is known (:func:`object_prompts`). Relative image paths resolve against the
-manifest's folder. Every fault raises :class:`ManifestError` naming the manifest file, the
+manifest's folder. ``"text"`` (models trained with text prompts) may stand alone -- the
+slices ``text_slices`` (voxel indices, default all) are searched for it -- or join any other
+prompt of the object. Every fault raises :class:`ManifestError` naming the manifest file, the
 case index, the field, the value and what was expected.
 """
 
@@ -42,7 +45,10 @@ _CASE_KEYS = {
     "component",
     "objects",
 }
-_OBJECT_KEYS = {"label", "name", "space", "box3d", "box", "slice", "points", "point_labels"}
+_OBJECT_KEYS = {
+    "label", "name", "space", "box3d", "box", "slice", "points", "point_labels", "text",
+    "text_slices",
+}  # fmt: skip
 
 
 class ManifestError(ValueError):
@@ -61,6 +67,8 @@ class ObjectSpec:
         box: ``[x0, y0, x1, y1]`` on ``slice``, or None.
         slice: the slice index (voxel) or z position in mm (world) of ``box``.
         points: ``[[x, y, z], ...]`` or None, with ``point_labels`` (1 = inside, 0 = outside).
+        text: a text prompt (alone, or joining the other prompts) or None.
+        text_slices: ``[z0, z1]`` voxel slices searched for a text-only prompt (None: all).
         where: ``"<file>: cases[i].objects[j]"`` for error messages.
     """
 
@@ -72,11 +80,14 @@ class ObjectSpec:
     slice: float | None = None
     points: list[list[float]] | None = None
     point_labels: list[int] | None = None
+    text: str | None = None
+    text_slices: list[int] | None = None
     where: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The prompt as JSON (what a resume fingerprint and the QC trace record)."""
         keys = ("label", "name", "space", "box3d", "box", "slice", "points", "point_labels")
+        keys += ("text", "text_slices")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
@@ -111,14 +122,17 @@ class CaseSpec:
 class VoxelPrompt:
     """An object's prompt in voxel indices, ready for the 3D engine.
 
-    Exactly one of ``box3d`` (``[x0, y0, z0, x1, y1, z1]``, inclusive) or ``key_prompts``
-    (``{z: {"box": [x0, y0, x1, y1], "points": [[x, y]], "point_labels": [..]}}``) is set.
+    ``box3d`` (``[x0, y0, z0, x1, y1, z1]``, inclusive), ``key_prompts``
+    (``{z: {"box": [x0, y0, x1, y1], "points": [[x, y]], "point_labels": [..]}}``) or, for
+    a text-only prompt, neither; ``text`` may join either, ``text_range`` limits the search.
     """
 
     label: int
     name: str
     box3d: list[float] | None = None
     key_prompts: dict[int, dict[str, Any]] = field(default_factory=dict)
+    text: str | None = None
+    text_range: tuple[int, int] | None = None
 
 
 def load_manifest(path: str | os.PathLike, out_dir: str | os.PathLike | None = None):
@@ -225,10 +239,11 @@ def _parse_object(obj: Any, where: str, j: int, source: str, space: str) -> Obje
     spec = ObjectSpec(int(label), str(name), _space(obj.get("space", space), source, where))
     spec.where = f"{source}: {where}"
     has = [k for k in ("box3d", "box", "points") if k in obj]
-    if not has:
-        _fail(source, where, obj, "one of 'box3d', 'box' (with 'slice') or 'points'")
+    if not has and "text" not in obj:
+        _fail(source, where, obj, "one of 'box3d', 'box' (with 'slice'), 'points' or 'text'")
     if "box3d" in obj and len(has) > 1:
         _fail(source, where, has, "'box3d' alone (do not mix it with 'box' or 'points')")
+    _text(obj, spec, source, where, has)
     if "box3d" in obj:
         spec.box3d = _numbers(obj["box3d"], 6, source, f"{where}.box3d", "[x0, y0, z0, x1, y1, z1]")
         _ordered(spec.box3d, (0, 1, 2), (3, 4, 5), source, f"{where}.box3d")
@@ -269,6 +284,21 @@ def _points(obj: dict, source: str, where: str) -> tuple[list[list[float]], list
     return points, [int(v) for v in labels]
 
 
+def _text(obj: dict, spec: ObjectSpec, source: str, where: str, others: list[str]) -> None:
+    if "text" in obj:
+        if not (isinstance(obj["text"], str) and obj["text"].strip()):
+            _fail(source, f"{where}.text", obj["text"], "a non-empty string, e.g. 'tumour'")
+        spec.text = obj["text"].strip()
+    if "text_slices" in obj:
+        z = obj["text_slices"]
+        ok = isinstance(z, list) and len(z) == 2 and all(_is_int(v) and v >= 0 for v in z)
+        if not ok or z[0] > z[1]:
+            _fail(source, f"{where}.text_slices", z, "[z0, z1]: voxel slice indices, z0 <= z1")
+        if spec.text is None or others:
+            _fail(source, f"{where}.text_slices", z, "only with a 'text' prompt on its own")
+        spec.text_slices = [int(z[0]), int(z[1])]
+
+
 def object_prompts(spec: ObjectSpec, volume: Volume) -> VoxelPrompt:
     """Convert one object's prompt to voxel indices of ``volume`` and check its bounds.
 
@@ -280,7 +310,15 @@ def object_prompts(spec: ObjectSpec, volume: Volume) -> VoxelPrompt:
     """
     size = volume.shape_xyz
     world = spec.space == "world"
-    out = VoxelPrompt(spec.label, spec.name)
+    out = VoxelPrompt(spec.label, spec.name, text=spec.text)
+    if spec.text_slices is not None:
+        z0, z1 = spec.text_slices
+        if z1 > size[2] - 1:
+            raise ManifestError(
+                f"{spec.where}.text_slices: {spec.text_slices} lies outside the volume; "
+                f"expected slices in 0..{size[2] - 1}"
+            )
+        out.text_range = (z0, z1)
     if spec.box3d is not None:
         b = spec.box3d
         if world:

@@ -89,11 +89,16 @@ class Propagator:
         self.settings = settings or PropagationSettings()
 
     # ----------------------------------------------------------------- modes
-    def box3d(self, obj: ObjectSegmentation, box: list[float] | np.ndarray) -> Iterator[Progress]:
-        """Segment ``obj`` inside a 3D box ``[x0, y0, z0, x1, y1, z1]`` (inclusive indices)."""
+    def box3d(
+        self, obj: ObjectSegmentation, box: list[float] | np.ndarray, text: str | None = None
+    ) -> Iterator[Progress]:
+        """Segment ``obj`` inside a 3D box ``[x0, y0, z0, x1, y1, z1]`` (inclusive indices);
+        ``text`` (models trained with text) joins the box on the middle slice."""
         x0, y0, z0, x1, y1, z1 = self._check_box3d(box)
         zm = (z0 + z1) // 2
-        prompt = {"box": [x0, y0, x1, y1], "box3d": [x0, y0, z0, x1, y1, z1]}
+        prompt: dict[str, Any] = {"box": [x0, y0, x1, y1], "box3d": [x0, y0, z0, x1, y1, z1]}
+        if text is not None:
+            prompt["text"] = text
         obj.key_prompts = {zm: prompt}
         yield from self.key_slices(obj, z_range=(z0, z1), clip=(x0, y0, x1, y1))
 

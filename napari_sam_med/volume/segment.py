@@ -34,6 +34,7 @@ from .objects import ObjectSegmentation, compose_labels
 from .propagate import PropagationSettings, Propagator
 from .qc import qc_paths, write_json_atomic, write_qc
 from .slices import SliceSegmenter
+from .text3d import add_text, segment_text
 
 logger = logging.getLogger(__name__)
 
@@ -127,10 +128,14 @@ def segment_volume(
     for k, p in enumerate(prompts):
         obj = ObjectSegmentation(label=p.label, name=p.name)
         if p.box3d is not None:
-            job = prop.box3d(obj, p.box3d)
-        else:
+            job = prop.box3d(obj, p.box3d, text=p.text)
+        elif p.key_prompts:
             obj.key_prompts = {int(z): dict(v) for z, v in p.key_prompts.items()}
+            if p.text is not None:
+                obj.key_prompts = add_text(obj.key_prompts, p.text)
             job = prop.key_slices(obj)
+        else:
+            job = segment_text(prop, obj, p.text, p.text_range)
         for ev in job:
             if on_progress is not None:
                 on_progress(

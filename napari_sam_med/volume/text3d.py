@@ -1,0 +1,69 @@
+"""Text prompts in 3D: find the object by name on the slices, then propagate from the best one.
+
+A text prompt alone ("tumour") has no position. :func:`segment_text` runs it on every slice
+of a search range (the whole volume by default), takes the most confident slice as the seed,
+and propagates from there with :meth:`Propagator.key_slices` until the object ends. Text
+together with a box or points is just one more prompt on their key slices (see
+:func:`add_text`), so it needs no search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from .objects import ObjectSegmentation
+from .propagate import Progress, Propagator
+from .slices import SlicePrediction
+
+
+def segment_text(
+    prop: Propagator,
+    obj: ObjectSegmentation,
+    text: str,
+    z_range: tuple[int, int] | None = None,
+) -> Iterator[Progress]:
+    """Segment ``obj`` from a text prompt alone: search the slices, seed, propagate.
+
+    Every slice in ``z_range`` (inclusive; all when None) is predicted from the text only.
+    A slice is *confident* when its mask has at least ``min_area`` pixels and its predicted
+    IoU and stability reach ``min_iou`` / ``min_stability`` (the propagation settings). The
+    seed is the confident slice with the highest ``predicted IoU x stability`` (ties: the
+    larger mask). From it the object propagates both ways until it ends (it may leave the
+    search range). With no confident slice the object stays empty and
+    ``obj.stop_reasons["search"]`` says so.
+
+    Yields:
+        :class:`Progress` per searched slice (``total`` = slices in the range), then the
+        propagation's own events (``total`` None).
+    """
+    seg = prop.seg
+    lo, hi = (0, seg.num_slices - 1) if z_range is None else z_range
+    lo, hi = seg.check_index(lo), seg.check_index(hi)
+    if hi < lo:
+        raise ValueError(f"text search range {z_range} is empty; expected z0 <= z1")
+    best: tuple[float, int, int] | None = None  # (score, area, z)
+    total = hi - lo + 1
+    for i, z in enumerate(range(lo, hi + 1)):
+        pred = seg.predict(z, text=text, source="text")
+        if _confident(prop, pred):
+            key = (pred.iou * pred.stability, pred.area, z)
+            best = key if best is None or key[:2] > best[:2] else best
+        yield Progress(i + 1, total, z, f"text search: {text!r}")
+    obj.slices, obj.stop_reasons = {}, {}
+    if best is None:
+        obj.key_prompts = {}
+        obj.stop_reasons["search"] = f"no confident mask for {text!r} on slices {lo}..{hi}"
+        return
+    obj.key_prompts = {best[2]: {"text": text}}
+    yield from prop.key_slices(obj)
+
+
+def add_text(key_prompts: dict[int, dict[str, Any]], text: str) -> dict[int, dict[str, Any]]:
+    """Copies of ``key_prompts`` with ``text`` added to every key slice's prompt."""
+    return {z: {**p, "text": text} for z, p in key_prompts.items()}
+
+
+def _confident(prop: Propagator, pred: SlicePrediction) -> bool:
+    s = prop.settings
+    return pred.area >= s.min_area and pred.iou >= s.min_iou and pred.stability >= s.min_stability
