@@ -120,6 +120,9 @@ class SimConfig:
     box_noise_frac: float = 0.1
     box_noise_max: float = 20.0
     multimask: str = "first_point"
+    # "each": back-propagate every decoder pass at once (one pass's graph alive at a time,
+    # same gradients; see training/passgrad.py); "once": one backward over all 11 passes.
+    pass_backward: str = "each"
 
 
 @dataclass
@@ -194,6 +197,7 @@ _CHOICES = {
     ("data", "on_bad_case"): ("skip", "stop", "error"),
     ("model", "trainable"): ("decoder", "decoder_prompt", "full"),
     ("sim", "multimask"): ("first_point", "always", "never"),
+    ("sim", "pass_backward"): ("each", "once"),
     ("optim", "schedule"): ("cosine", "step", "constant"),
 }
 

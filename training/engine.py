@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .losses import SamLoss
+from .passgrad import PassGradients
 from .simulate import simulate_eval, simulate_train
 
 
@@ -44,6 +45,7 @@ class InteractiveStep(nn.Module):
         step: int,
         images: torch.Tensor | None = None,
         embeddings: torch.Tensor | None = None,
+        grad_scale: float = 1.0,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of a batch.
 
@@ -53,11 +55,17 @@ class InteractiveStep(nn.Module):
             step: optimiser step (keys the simulation schedule).
             images: ``(B, 3, S, S)`` normalised images (the encoder runs once on them), or
             embeddings: ``(B, C, h, w)`` precomputed embeddings (decoder-only training).
+            grad_scale: the GradScaler's current scale (fp16 AMP), for per-pass backward.
         """
         if embeddings is None:
             embeddings = self.model.image_encoder(images)
+        grads = None
+        if self.sim.pass_backward == "each":
+            pe, dec = self.model.prompt_encoder, self.model.mask_decoder
+            params = [*pe.parameters(), *dec.parameters()]
+            grads = PassGradients(embeddings, params, grad_scale)
         return simulate_train(
-            self.model, embeddings, masks, self.loss, self.sim, self.seed, step, uids
+            self.model, embeddings, masks, self.loss, self.sim, self.seed, step, uids, grads
         )
 
 

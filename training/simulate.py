@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from .passgrad import PassGradients
+
 FIRST, CLICK, NO_POINT = "first", "click", "none"
 
 
@@ -136,6 +138,32 @@ class PromptState:
         self.click_label = torch.cat([self.click_label, label[:, None]], dim=1)
 
 
+def _take(t: torch.Tensor | None, idx: torch.Tensor | None) -> torch.Tensor | None:
+    """``t[idx]``, or ``t`` itself when ``idx`` is ``None`` (the whole batch, no copy)."""
+    return t if (t is None or idx is None) else t[idx]
+
+
+def _encode_group(
+    prompt_encoder: torch.nn.Module,
+    state: PromptState,
+    idx: torch.Tensor | None,
+    mask_prompt: torch.Tensor | None,
+    is_box: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt embeddings of the samples ``idx`` (``None``: all), which share a first-prompt type."""
+    masks = _take(mask_prompt, idx)
+    clicks, labels = _take(state.click_xy, idx), _take(state.click_label, idx)
+    if is_box:
+        pts = (clicks, labels) if clicks.shape[1] else None
+        return prompt_encoder(points=pts, boxes=_take(state.box, idx), masks=masks)
+    first = _take(state.first_point, idx)
+    coords = torch.cat([first[:, None], clicks], dim=1)
+    ones = torch.ones(first.shape[0], 1, dtype=labels.dtype, device=coords.device)
+    return prompt_encoder(
+        points=(coords, torch.cat([ones, labels], dim=1)), boxes=None, masks=masks
+    )
+
+
 def encode_prompts(
     prompt_encoder: torch.nn.Module, state: PromptState, mask_prompt: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,26 +172,25 @@ def encode_prompts(
     Box-first samples give ``k`` clicks + 2 box corners, point-first samples the first point +
     ``k`` clicks + 1 padding token: the same count, as SAM's own prompt encoder produces.
     """
-    parts, dense_parts, order = [], [], []
-    k = state.click_xy.shape[1]
-    for is_box in (True, False):
-        idx = torch.nonzero(state.first_is_box == is_box).flatten()
-        if idx.numel() == 0:
-            continue
-        masks = None if mask_prompt is None else mask_prompt[idx]
-        if is_box:
-            pts = (state.click_xy[idx], state.click_label[idx]) if k else None
-            sparse, dense = prompt_encoder(points=pts, boxes=state.box[idx], masks=masks)
-        else:
-            coords = torch.cat([state.first_point[idx][:, None], state.click_xy[idx]], dim=1)
-            ones = torch.ones(idx.numel(), 1, dtype=state.click_label.dtype, device=coords.device)
-            labels = torch.cat([ones, state.click_label[idx]], dim=1)
-            sparse, dense = prompt_encoder(points=(coords, labels), boxes=None, masks=masks)
-        parts.append(sparse)
-        dense_parts.append(dense)
-        order.append(idx)
-    inverse = torch.argsort(torch.cat(order))
-    return torch.cat(parts)[inverse], torch.cat(dense_parts)[inverse]
+    groups = _groups(state.first_is_box)
+    if len(groups) == 1:
+        return _encode_group(prompt_encoder, state, None, mask_prompt, groups[0][0])
+    parts = [_encode_group(prompt_encoder, state, idx, mask_prompt, flag) for flag, idx in groups]
+    inverse = torch.argsort(torch.cat([idx for _, idx in groups]))
+    return (
+        torch.cat([sp for sp, _ in parts])[inverse],
+        torch.cat([de for _, de in parts])[inverse],
+    )
+
+
+def _groups(flags: torch.Tensor) -> list[tuple[bool, torch.Tensor]]:
+    """``[(flag, indices)]`` for the values ``True``/``False`` present in ``(B,)`` ``flags``."""
+    out = []
+    for flag in (True, False):
+        idx = torch.nonzero(flags == flag).flatten()
+        if idx.numel():
+            out.append((flag, idx))
+    return out
 
 
 # loss_fn(logits (b, M, L, L), iou_pred (b, M), gt (b, 1, L, L)) -> per-sample loss (b,)
@@ -186,24 +213,24 @@ def decode_step(
         selected mask is the one with the highest predicted IoU.
     """
     pe = model.prompt_encoder.get_dense_pe()
-    chosen, losses, order = [], [], []
-    for flag in (True, False):
-        idx = torch.nonzero(multimask == flag).flatten()
-        if idx.numel() == 0:
-            continue
+    groups = _groups(multimask)
+    chosen, losses = [], []
+    for flag, idx in groups:
+        whole = len(groups) == 1  # the whole batch: no gather copies
         logits, iou = model.mask_decoder(
-            image_embeddings=embeddings[idx],
+            image_embeddings=embeddings if whole else embeddings[idx],
             image_pe=pe,
-            sparse_prompt_embeddings=sparse[idx],
-            dense_prompt_embeddings=dense[idx],
+            sparse_prompt_embeddings=sparse if whole else sparse[idx],
+            dense_prompt_embeddings=dense if whole else dense[idx],
             multimask_output=flag,
         )
         best = iou.argmax(dim=1)
-        chosen.append(logits[torch.arange(idx.numel(), device=logits.device), best][:, None])
+        chosen.append(logits[torch.arange(logits.shape[0], device=logits.device), best][:, None])
         if loss_fn is not None:
-            losses.append(loss_fn(logits, iou, gt_low[idx]))
-        order.append(idx)
-    inverse = torch.argsort(torch.cat(order))
+            losses.append(loss_fn(logits, iou, gt_low if whole else gt_low[idx]))
+    if len(groups) == 1:
+        return chosen[0], (losses[0] if losses else None)
+    inverse = torch.argsort(torch.cat([idx for _, idx in groups]))
     selected = torch.cat(chosen)[inverse]
     return selected, (torch.cat(losses)[inverse] if losses else None)
 
@@ -296,6 +323,7 @@ def simulate_train(
     seed: int,
     step: int,
     uids: torch.Tensor | list[int],
+    grads: PassGradients | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Run the full interactive recipe on one batch and return the mean loss.
 
@@ -307,6 +335,9 @@ def simulate_train(
         loss_fn: per-sample loss (see :data:`LossFn`).
         sim: a ``SimConfig`` (num_clicks, no_point_iters, point_prob, box_noise_*, multimask).
         seed / step / uids: randomness keys (schedule per step, the rest per sample).
+        grads: back-propagate each pass at once (see :mod:`training.passgrad`); the returned
+            loss then carries the summed gradients through a zero-valued surrogate term, so
+            ``loss.backward()`` gives the same gradients with one pass's graph alive at a time.
 
     Returns:
         ``(loss, stats)``: the loss averaged over samples and iterations (a scalar with grad),
@@ -318,18 +349,24 @@ def simulate_train(
     plan = make_schedule(sim.num_clicks, sim.no_point_iters, np.random.default_rng([seed, step]))
     rngs = sample_rngs(seed, step, uids)
     state = first_prompts(gt_full, rngs, sim.point_prob, sim.box_noise_frac, sim.box_noise_max)
+    each = grads is not None and grads.enabled
+    emb = grads.leaf if each else embeddings
     mask_prompt, total, stats = None, 0.0, {}
     for it, kind in enumerate(plan):
         if kind == CLICK:
             state.add_clicks(*corrective_clicks(mask_prompt, gt_low, rngs, factor))
         sparse, dense = encode_prompts(model.prompt_encoder, state, mask_prompt)
         flags = _multimask_flags(sim.multimask, it, state)
-        selected, losses = decode_step(model, embeddings, sparse, dense, flags, gt_low, loss_fn)
-        total = total + losses.mean()
+        selected, losses = decode_step(model, emb, sparse, dense, flags, gt_low, loss_fn)
+        loss = losses.mean() / len(plan)
+        if each:
+            grads.backward(loss)
+            loss = loss.detach()
+        total = total + loss
         stats[f"loss_it{it}"] = float(losses.detach().mean())
         mask_prompt = selected.detach()  # unthresholded logits, no gradient through the loop
     stats["passes"] = len(plan)
-    return total / len(plan), stats
+    return (total + grads.surrogate() if each else total), stats
 
 
 def dice(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:

@@ -212,6 +212,7 @@ class Trainer:
                     self.step,
                     images=None if emb is not None else images,
                     embeddings=emb,
+                    grad_scale=self.scaler.get_scale() if self.scaler else 1.0,
                 )
             scaled = loss / self.cfg.optim.accumulation
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
