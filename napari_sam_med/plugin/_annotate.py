@@ -70,7 +70,8 @@ class AnnotateMixin:
             for c in changes:
                 if c["label"] in objects:
                     self._apply_edit(objects[c["label"]], c, index, after)
-            return self._edit_labels(index, after)
+            self.labels.flat[index] = after  # napari changed them already; a replay has not
+            return LabelEdit(index, before, after)
 
         event = {"action": "paint", "edits": edits, "objects": changes, "created": created}
         self._do("paint", fn, event)

@@ -169,7 +169,7 @@ class Engine:
         from ..volume.session_log import candidate_steps
 
         full = None
-        for preds, names, index in candidate_steps(_LockedSegmenter(self), z, prompt):
+        for preds, names, index in candidate_steps(self.locked(), z, prompt):
             if full is None:
                 yield Preview(int(z), prompt, preds, names, index)  # the first mask, at once
             full = Preview(int(z), prompt, preds, names, index)
@@ -179,7 +179,12 @@ class Engine:
         """A ``Propagator`` whose key slices use ``pins`` (z -> the mask the user accepted)."""
         from ..volume.session_log import pinned_propagator
 
-        return pinned_propagator(_LockedSegmenter(self), pins)
+        return pinned_propagator(self.locked(), pins)
+
+    def locked(self) -> Any:
+        """The segmenter with ``predict`` under this engine's decoding lock (for the volume
+        engine's functions, which take a ``SliceSegmenter``)."""
+        return _LockedSegmenter(self)
 
 
 class _LockedSegmenter:

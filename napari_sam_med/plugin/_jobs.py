@@ -29,6 +29,8 @@ class JobsMixin:
         obj = self.session.obj()
         for z in sorted(set(layers) | set(obj.prompts)):
             wanted = layers.get(z, {})
+            if "text" in obj.prompts.get(z, {}):  # text is not on a layer: keep it
+                wanted = {**wanted, "text": obj.prompts[z]["text"]}
             if wanted != obj.prompts.get(z, {}) and (z, wanted) != self._inflight:
                 self._pending[z] = wanted
         self._run_pending()

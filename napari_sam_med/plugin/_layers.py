@@ -191,6 +191,43 @@ def go_to_slice(image_layer: Any, viewer: Any, z: int) -> None:
     viewer.dims.set_point(axis, float(world[0]))
 
 
+def paint_changes(atoms: Any, shape_zyx: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The voxels one napari paint event changed: ``(flat indices, values before)``.
+
+    ``atoms`` is the ``value`` of a Labels layer's ``paint`` event: a list of edits, each
+    either a masked edit (``slice_key`` bounding box, ``mask`` or None, ``old_values``) or an
+    ``(indices, old_values, new_values)`` tuple. Indices are in the layer's data order
+    (``(z, y, x)``, or ``(y, x)`` for a 2D image, which is slice 0). Flat indices refer to
+    the ``(Z, Y, X)`` labels; repeated voxels keep their first (original) value.
+
+    Raises:
+        ValueError: an edit of another form.
+    """
+    index, before = [], []
+    for atom in atoms:
+        if hasattr(atom, "slice_key"):
+            sl = tuple(atom.slice_key)
+            dims = shape_zyx[-len(sl) :]
+            starts = [s.indices(n)[0] for s, n in zip(sl, dims, strict=True)]
+            box = tuple(len(range(*s.indices(n))) for s, n in zip(sl, dims, strict=True))
+            mask = np.ones(box, bool) if atom.mask is None else np.asarray(atom.mask, bool)
+            coords = [c + o for c, o in zip(np.nonzero(mask), starts, strict=True)]
+            old = np.asarray(atom.old_values)
+            old = old[mask] if atom.mask is None else old.ravel()
+        elif isinstance(atom, tuple) and len(atom) == 3:
+            coords = [np.asarray(c).ravel() for c in atom[0]]
+            old = np.broadcast_to(np.asarray(atom[1]).ravel(), coords[0].shape)
+        else:
+            raise ValueError(f"unknown paint edit of type {type(atom).__name__}")
+        if len(coords) == 2:
+            coords = [np.zeros_like(coords[0]), *coords]
+        index.append(np.ravel_multi_index(tuple(coords), shape_zyx))
+        before.append(np.asarray(old, np.int64))
+    if not index:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(index), np.concatenate(before)
+
+
 def label_colormap(colors: dict[int, Any]) -> Any:
     """A napari colormap showing each label value in its colour (background transparent)."""
     from napari.utils.colormaps import DirectLabelColormap

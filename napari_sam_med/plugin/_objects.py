@@ -13,7 +13,16 @@ from . import _layers, _persist, _workers
 
 logger = logging.getLogger(__name__)
 
-LABEL_EVENTS = {"commit", "delete", "relabel", "undo", "redo", "restore"}
+LABEL_EVENTS = {
+    "commit",
+    "delete",
+    "relabel",
+    "undo",
+    "redo",
+    "restore",
+    "paint",
+    "accept proposal",
+}
 
 
 class ObjectsMixin:
@@ -121,6 +130,8 @@ class ObjectsMixin:
         self.flagged_list.addItems([str(z) for z in flagged])
         self.undo_btn.setEnabled(s.can_undo)
         self.redo_btn.setEnabled(s.can_redo)
+        if s.current is not None and self.labels_layer.selected_label != s.current:
+            self.labels_layer.selected_label = s.current  # the brush paints the current object
         if event in LABEL_EVENTS:
             self._autosave()
 

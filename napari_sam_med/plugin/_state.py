@@ -154,11 +154,13 @@ def box_around(mask: np.ndarray, margin: float = 0.0) -> list[float]:
 
 
 def clean_prompt(prompt: dict[str, Any]) -> dict[str, Any]:
-    """A JSON-friendly copy holding only non-empty ``points``/``point_labels``/``box``."""
+    """A JSON-friendly copy holding only non-empty ``points``/``point_labels``/``box``/``text``."""
     out: dict[str, Any] = {}
     if prompt.get("points") is not None and len(prompt["points"]):
         out["points"] = [[float(v) for v in p] for p in np.asarray(prompt["points"]).tolist()]
         out["point_labels"] = [int(v) for v in np.asarray(prompt["point_labels"]).ravel()]
     if prompt.get("box") is not None and len(prompt["box"]):
         out["box"] = [float(v) for v in np.asarray(prompt["box"]).ravel()]
+    if isinstance(prompt.get("text"), str) and prompt["text"].strip():
+        out["text"] = prompt["text"].strip()
     return out

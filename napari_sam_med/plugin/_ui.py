@@ -41,9 +41,13 @@ SHORTCUTS = (
     ("Shift+J", "jump to the previous flagged slice"),
     ("N", "new object"),
     ("K", "commit (keep) the current object into the labels"),
-    ("Ctrl+Z", "undo"),
+    ("Ctrl+Z", "undo (brush strokes on the labels layer too)"),
     ("Ctrl+Shift+Z", "redo"),
     ("Escape", "cancel the running job"),
+    ("Q", "propose objects on this slice (automatic masks)"),
+    ("U", "accept the current proposal (it becomes a committed object)"),
+    ("H", "reject the current proposal (kept in the log as a negative)"),
+    ("Shift+Q", "skip to the next proposal"),
 )
 # The keys the widget binds on the viewer (the others are napari's own).
 BOUND_KEYS = tuple(k for k, _ in SHORTCUTS if "click" not in k and k != "R")
@@ -63,6 +67,32 @@ def _row(*widgets: QWidget) -> QWidget:
     return box
 
 
+def _build_data_engine(w: Any, root: QVBoxLayout) -> None:
+    """Proposals (review one by one) and the training-set export."""
+    box = QGroupBox("Data engine")
+    lay = QVBoxLayout(box)
+    w.propose_btn = QPushButton("Propose objects (Q)")
+    w.propagate_proposals_check = QCheckBox("propagate proposals in 3D")
+    w.proposal_label = QLabel("Proposals: none")
+    w.proposal_label.setWordWrap(True)
+    w.accept_btn = QPushButton("Accept (U)")
+    w.reject_btn = QPushButton("Reject (H)")
+    w.skip_btn = QPushButton("Skip (Shift+Q)")
+    for b in (w.accept_btn, w.reject_btn, w.skip_btn):
+        b.setEnabled(False)
+    w.export_path = QLineEdit()
+    w.export_path.setPlaceholderText("dataset folder (MSD: imagesTr, labelsTr, dataset.json)")
+    w.export_browse_btn = QPushButton("...")
+    w.export_overwrite_check = QCheckBox("replace this case if already exported")
+    w.export_btn = QPushButton("Export training set")
+    lay.addWidget(_row(w.propose_btn, w.propagate_proposals_check))
+    lay.addWidget(w.proposal_label)
+    lay.addWidget(_row(w.accept_btn, w.reject_btn, w.skip_btn))
+    lay.addWidget(_row(w.export_path, w.export_browse_btn))
+    lay.addWidget(_row(w.export_overwrite_check, w.export_btn))
+    root.addWidget(box)
+
+
 def build(w: Any, presets: list[str]) -> None:
     """Create the controls of widget ``w`` as attributes and lay them out."""
     root = QVBoxLayout(w)
@@ -74,6 +104,7 @@ def build(w: Any, presets: list[str]) -> None:
     w.model_combo.addItems([*MODELS, "checkpoint file"])
     w.checkpoint_edit = QLineEdit()
     w.checkpoint_edit.setPlaceholderText("checkpoint file (.pth/.pt) for vit_* or our own")
+    w.checkpoint_browse_btn = QPushButton("...")
     w.device_combo = QComboBox()
     w.device_combo.addItems(DEVICES)
     w.preset_combo = QComboBox()
@@ -81,7 +112,7 @@ def build(w: Any, presets: list[str]) -> None:
     w.load_btn = QPushButton("Load model")
     form.addRow("Image", w.image_combo)
     form.addRow("Model", w.model_combo)
-    form.addRow("Checkpoint", w.checkpoint_edit)
+    form.addRow("Checkpoint", _row(w.checkpoint_edit, w.checkpoint_browse_btn))
     form.addRow("Device", w.device_combo)
     form.addRow("Preset", w.preset_combo)
     form.addRow(w.load_btn)
@@ -129,7 +160,15 @@ def build(w: Any, presets: list[str]) -> None:
     lay.addWidget(QLabel("Flagged slices (QC):"))
     lay.addWidget(w.flagged_list)
     lay.addWidget(w.next_flag_btn)
+    w.text_edit = QLineEdit()
+    w.text_edit.setPlaceholderText("text prompt, e.g. tumour (models trained with text)")
+    w.text_btn = QPushButton("Prompt by text")
+    w.text_label = QLabel("Text prompts: load a model first.")
+    w.text_label.setWordWrap(True)
+    lay.addWidget(_row(w.text_edit, w.text_btn))
+    lay.addWidget(w.text_label)
     root.addWidget(seg)
+    _build_data_engine(w, root)
 
     objs = QGroupBox("Objects")
     lay = QVBoxLayout(objs)
@@ -163,11 +202,19 @@ def build(w: Any, presets: list[str]) -> None:
     w.save_btn = QPushButton("Save labels + session log")
     w.log_path = QLineEdit()
     w.log_path.setPlaceholderText("session log (.json) to replay")
+    w.log_browse_btn = QPushButton("...")
     w.replay_btn = QPushButton("Replay log")
+    w.compare_btn = QPushButton("Compare with model")
+    w.compare_table = QTableWidget(0, 4)
+    w.compare_table.setHorizontalHeaderLabels(["label", "name", "Dice logged/new", "voxels"])
+    w.compare_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    w.compare_table.setMaximumHeight(110)
     lay.addWidget(_row(w.undo_btn, w.redo_btn))
     lay.addWidget(_row(w.labels_path, w.browse_btn))
     lay.addWidget(w.save_btn)
-    lay.addWidget(_row(w.log_path, w.replay_btn))
+    lay.addWidget(_row(w.log_path, w.log_browse_btn))
+    lay.addWidget(_row(w.replay_btn, w.compare_btn))
+    lay.addWidget(w.compare_table)
     root.addWidget(hist)
 
     w.help_label = QLabel(help_text())

@@ -16,10 +16,12 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QWidget
 
 from . import _layers, _ui, _workers
+from ._datasets import DatasetsMixin
 from ._engine import default_preset as _guess_preset
 from ._engine import prepare_image
 from ._jobs import JobsMixin
 from ._objects import ObjectsMixin
+from ._review import ReviewMixin
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ PRESETS = [
 ]  # fmt: skip  (kept in sync with preprocessing.PRESETS by a test; importing it loads torch)
 
 
-class SamMedWidget(JobsMixin, ObjectsMixin, QWidget):
+class SamMedWidget(JobsMixin, ObjectsMixin, ReviewMixin, DatasetsMixin, QWidget):
     """Segment tumours with points and boxes on 2D slices and whole 3D volumes."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
@@ -50,6 +52,7 @@ class SamMedWidget(JobsMixin, ObjectsMixin, QWidget):
         self._embed_worker: Any = None
         self._job_worker: Any = None
         self._preview_worker: Any = None
+        self._export_worker: Any = None
         self._pending: dict[int, dict] = {}
         self._inflight: tuple[int, dict] | None = None
         self._autosaves = 0
@@ -76,6 +79,8 @@ class SamMedWidget(JobsMixin, ObjectsMixin, QWidget):
         self.next_flag_btn.clicked.connect(lambda: self.next_flagged(1))
         self.flagged_list.itemActivated.connect(lambda item: self.go_to(int(item.text())))
         self._connect_objects()
+        self._connect_review()
+        self._connect_datasets()
         for key, fn in self._key_actions().items():
             self.viewer.bind_key(key, fn, overwrite=True)
 
@@ -92,6 +97,10 @@ class SamMedWidget(JobsMixin, ObjectsMixin, QWidget):
             "Ctrl+Z": lambda _v: self.undo(),
             "Ctrl+Shift+Z": lambda _v: self.redo(),
             "Escape": lambda _v: self.cancel(),
+            "Q": lambda _v: self.propose(),
+            "U": lambda _v: self.accept_proposal(),
+            "H": lambda _v: self.reject_proposal(),
+            "Shift+Q": lambda _v: self.skip_proposal(),
         }
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
@@ -116,6 +125,7 @@ class SamMedWidget(JobsMixin, ObjectsMixin, QWidget):
             self._embed_worker
             or self._job_worker
             or self._preview_worker
+            or self._export_worker
             or self._pending
             or self._autosaves
             or self._sync_timer.isActive()
@@ -245,6 +255,9 @@ class SamMedWidget(JobsMixin, ObjectsMixin, QWidget):
         self.session = Session(shape, _layers.spacing_xyz(layer), info)
         self.session.model_info, self.session.preset = dict(engine.model_info), engine.preset
         self._make_layers(layer)
+        self._proposals = None
+        self._show_proposals()
+        self._update_text_support()
         self.session.new_object()
         self._after_change()
         self.notify(
@@ -255,7 +268,9 @@ class SamMedWidget(JobsMixin, ObjectsMixin, QWidget):
         self._on_slice_changed()
 
     def _make_layers(self, image: Any) -> None:
-        for ly in (self.points_layer, self.shapes_layer, self.preview_layer, self.labels_layer):
+        old = (self.points_layer, self.shapes_layer, self.preview_layer, self.labels_layer,
+               self.proposals_layer)  # fmt: skip
+        for ly in old:
             if ly is not None and ly in self.viewer.layers:
                 self.viewer.layers.remove(ly)
         nd = 3 if self.session.shape[0] > 1 or image.ndim - int(image.rgb) == 3 else 2
@@ -269,6 +284,7 @@ class SamMedWidget(JobsMixin, ObjectsMixin, QWidget):
             metadata=dict(image.metadata),
             **geo,
         )
+        self._watch_paint(self.labels_layer)
         self._preview = np.zeros(self.session.shape, np.uint8)
         self.preview_layer = self.viewer.add_labels(
             view(self._preview), name="SAM-Med preview", opacity=0.7, **geo

@@ -190,6 +190,28 @@ def run_job(job: Any) -> Iterator[Any]:
     return job
 
 
+def compare_log(
+    log: dict[str, Any], path: str | None, engine: Any, viewer_labels: Any
+) -> Iterator[Any]:
+    """Replay a log's committed objects with ``engine`` and compare them with the logged
+    labels (saved beside the log, else ``viewer_labels``); yields ``ReplayProgress``.
+
+    Returns:
+        ``(ReplayResult, per-object rows with Dice, where the logged labels came from)``.
+    """
+    from ..volume.io import read_volume
+    from ..volume.session_log import compare_labels, final_objects, labels_beside, replay_objects
+
+    state = final_objects(log)
+    result = yield from replay_objects(state, engine.locked())
+    saved = labels_beside(path) if path else None
+    if saved is not None:
+        logged, where = read_volume(saved).array, saved.name
+    else:
+        logged, where = viewer_labels, "the labels in the viewer"
+    return result, compare_labels(state, logged, result), where
+
+
 def replay_log(log: dict[str, Any], engine: Any) -> Iterator[tuple[int, int]]:
     """Replay a session log with ``engine``; yields ``(done, total)``; returns the session."""
     from ._persist import replay

@@ -157,7 +157,7 @@ def _is_edit(e: Any) -> bool:
 
 
 def check_prompt(prompt: Any, where: str) -> None:
-    """Check one prompt ``{"points": [[x, y]...], "point_labels": [...], "box": [4]}``."""
+    """Check one prompt ``{"points": [[x, y]...], "point_labels": [...], "box": [4], "text"}``."""
     if not isinstance(prompt, dict):
         raise ValueError(f"{where} must be an object, got {prompt!r:.80}")
     pts, labels = prompt.get("points"), prompt.get("point_labels")
@@ -169,6 +169,9 @@ def check_prompt(prompt: Any, where: str) -> None:
         _require(ok, where, "point_labels", "one 0 or 1 per point", labels)
     if prompt.get("box") is not None:
         _require(_nums(prompt["box"], (4,)), where, "box", "[x0, y0, x1, y1]", prompt["box"])
+    if "text" in prompt:
+        ok = isinstance(prompt["text"], str) and bool(prompt["text"].strip())
+        _require(ok, where, "text", "a non-empty string", prompt["text"])
 
 
 def labels_beside(log_path: str | os.PathLike) -> Path | None:
@@ -317,19 +320,23 @@ def prompt_arrays(
 def candidate_steps(segmenter: Any, z: int, prompt: dict[str, Any]) -> Iterator[Candidates]:
     """The ambiguity candidates of one prompt: yields ``(predictions, names, chosen)``.
 
-    A single point keeps SAM's advice (the candidate of highest predicted IoU, one decoder
-    pass): one yield. A box or several points yield the single-mask output (``"auto"``) at
-    once, then the three ambiguity masks followed by ``"auto"``, which stays chosen.
+    A single point (or text alone) keeps SAM's advice (the candidate of highest predicted
+    IoU, one decoder pass): one yield. A box or several points yield the single-mask
+    output (``"auto"``) at once, then the three ambiguity masks followed by ``"auto"``,
+    which stays chosen.
     ``segmenter`` is a ``SliceSegmenter`` (or anything with its ``predict``/``slice_shape``).
     """
     from .slices import choose_candidate
 
     box, pts, lab = prompt_arrays(prompt, segmenter.slice_shape)
-    if box is None and pts is None:
-        raise ValueError(f"slice {z}: the prompt has no points and no box")
+    text = prompt.get("text") or None
+    if box is None and pts is None and text is None:
+        raise ValueError(f"slice {z}: the prompt has no points, no box and no text")
     args = {"box": box, "points": pts, "labels": lab, "source": "prompt"}
+    if text is not None:  # only models trained with text accept it (a clear ValueError else)
+        args["text"] = text
     single = None
-    if box is not None or len(pts) > 1:
+    if box is not None or (pts is not None and len(pts) > 1):
         single = segmenter.predict(z, multimask=False, **args)
         yield [single], ["auto"], 0
     multi = segmenter.predict(z, multimask=True, **args)

@@ -109,3 +109,122 @@ def test_load_log_rejects_foreign_json(tmp_path):
     bad.write_text('{"hello": 1}')
     with pytest.raises(ValueError, match="not a napari-sam-med session log"):
         _persist.load_log(bad)
+
+
+class FakeClock:
+    """A settable monotonic clock (seconds)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _paint(s: Session, z: int, ys: slice, xs: slice, value: int):
+    """Change the labels as napari's brush does, then report the stroke to the session."""
+    region = np.zeros(SHAPE, bool)
+    region[z, ys, xs] = True
+    index = np.flatnonzero(region)
+    before = s.labels.flat[index].copy()
+    s.labels.flat[index] = value
+    return s.record_paint(index, before)
+
+
+def test_brush_edits_and_time_spent_are_logged_and_undoable():
+    s = Session(SHAPE, (1.0, 1.0, 1.0))
+    s.clock = clock = FakeClock()
+    s.new_object("lesion")
+    clock.now = 110.0
+    _prompted(s, 2, (0, 0, 3, 3))  # first interaction at 110 s
+    clock.now = 112.0
+    s.commit()
+    clock.now = 170.0  # a long pause (counts as idle beyond 30 s)
+    _paint(s, 2, slice(0, 2), slice(4, 6), 1)  # 4 voxels added to object 1
+    clock.now = 175.0
+    _paint(s, 3, slice(5, 7), slice(5, 7), 0)  # erasing background: nothing changes
+    _paint(s, 2, slice(0, 1), slice(0, 4), 0)  # 4 voxels erased
+    clock.now = 180.0
+    s.commit()
+    assert int((s.labels == 1).sum()) == 16 + 4 - 4, "the re-commit keeps the brush edits"
+    o = s.obj(1)
+    assert o.edits == {2: {"added": 4, "removed": 4}}
+    assert o.time_spent() == {"seconds": 70.0, "active_seconds": 2.0 + 30.0 + 5.0 + 5.0,
+                              "interactions": 5}  # fmt: skip
+    log = _persist.session_log(s)
+    json.dumps(log)
+    paints = [e for e in log["events"] if e["action"] == "paint"]
+    assert len(paints) == 2 and paints[0]["objects"] == [
+        {"label": 1, "z": 2, "added": 4, "removed": 0}
+    ]
+    commit = log["events"][-1]
+    assert commit["time"]["seconds"] == 70.0 and commit["edited_slices"] == [2]
+    entry = log["objects"][0]
+    assert entry["edits"] == {"2": {"added": 4, "removed": 4}} and entry["prompts"]["2"]["box"]
+    # undo the commit and the erase: the erased voxels come back, in labels and the object
+    s.undo()
+    s.undo()
+    assert int((s.labels == 1).sum()) == 20 and s.obj(1).edits[2]["removed"] == 0
+
+
+def test_painting_a_value_without_object_creates_one_and_replays():
+    s = Session(SHAPE, (1.0, 1.0, 1.0))
+    s.new_object("a")
+    _prompted(s, 1, (0, 0, 2, 2))
+    s.commit()
+    _paint(s, 1, slice(1, 3), slice(1, 3), 4)  # over object 1 and background
+    assert [o.label for o in s.objects] == [1, 4] and s.obj(4).source == "painted"
+    assert s.obj(1).edits[1] == {"added": 0, "removed": 4}
+    assert int((s.labels == 1).sum()) == 9 - 4 and int((s.labels == 4).sum()) == 4
+    s.commit(1)  # re-committing object 1 does not take its painted-over voxels back
+    assert int((s.labels == 4).sum()) == 4
+    log = _persist.session_log(s)
+
+    class NoModel:  # this log needs no prediction except the prompt
+        model_info, preset = {"name": "none"}, "minmax"
+
+        @staticmethod
+        def preview(z, prompt):
+            return _preview(z, (0, 0, 2, 2))
+
+    again = _persist.replay(log, NoModel(), Session(SHAPE, (1.0, 1.0, 1.0)))
+    np.testing.assert_array_equal(again.labels, s.labels)
+
+
+def test_proposals_accepted_become_objects_and_rejected_stay_as_negatives():
+    from napari_sam_med.plugin._proposals import Proposal, ProposalQueue
+    from napari_sam_med.volume.session_log import final_objects, validate_session_log
+
+    s = Session(SHAPE, (1.0, 1.0, 1.0))
+    s.clock = clock = FakeClock()
+    s.new_object("manual")
+    _prompted(s, 2, (0, 0, 3, 3))
+    s.commit()
+    good, bad = _pred(2, (5, 5, 8, 8), 0.93), _pred(2, (0, 6, 2, 9), 0.81)
+    queue = ProposalQueue(
+        [
+            Proposal(2, good, {"box": [5.0, 5.0, 8.0, 8.0]}),
+            Proposal(2, bad, {"box": [0.0, 6.0, 2.0, 9.0]}),
+        ],
+        clock,
+    )
+    clock.now += 4.0
+    p, seconds = queue.take(accepted=True)
+    obj = s.accept_proposal(p, seconds)
+    assert obj.label == 2 and obj.committed and obj.source == "proposal"
+    assert int((s.labels == 2).sum()) == 16 and s.current == 2
+    clock.now += 1.5
+    p, seconds = queue.take(accepted=False)
+    s.reject_proposal(p, seconds)
+    assert queue.current is None and (queue.accepted, queue.rejected) == (1, 1)
+    log = validate_session_log(json.loads(json.dumps(_persist.session_log(s))))
+    acc, rej = log["events"][-2:]
+    assert acc["action"] == "accept_proposal" and acc["seconds"] == 4.0 and acc["iou"] == 0.93
+    assert rej["action"] == "reject_proposal" and rej["seconds"] == 1.5
+    assert rej["rle"]["size"] == [10, 12] and sum(rej["rle"]["counts"]) == 120
+    state = final_objects(log)
+    assert state.objects[2].source == "proposal" and state.commit_order == [1, 2]
+    s.undo()  # accepting is one undoable change
+    assert [o.label for o in s.objects] == [1] and not (s.labels == 2).any()
+    with pytest.raises(ValueError, match="no proposal left"):
+        queue.take(accepted=True)
