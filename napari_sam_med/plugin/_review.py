@@ -34,19 +34,36 @@ class ReviewMixin:
     def _watch_paint(self, layer: Any) -> None:
         """Record brush strokes on ``layer``; its Ctrl+Z / Ctrl+Shift+Z use the session's
         history (napari's own labels history would bypass the session)."""
+        if getattr(self, "_paint_timer", None) is None:
+            from qtpy.QtCore import QTimer
+
+            self._painted: list[list[Any]] = []
+            self._paint_timer = QTimer(self)
+            self._paint_timer.setSingleShot(True)
+            self._paint_timer.setInterval(0)
+            self._paint_timer.timeout.connect(self._record_paint)
         layer.events.paint.connect(self._on_paint)
         layer.bind_key("Control-Z", lambda _ly: self.undo(), overwrite=True)
         layer.bind_key("Control-Shift-Z", lambda _ly: self.redo(), overwrite=True)
 
     def _on_paint(self, event: Any) -> None:
+        """napari reports a stroke before writing its last voxels: read them a moment later."""
         if self.session is None or self._syncing:
             return
-        try:
-            index, before = _layers.paint_changes(event.value, self.session.shape)
-        except ValueError as exc:  # an edit napari describes in an unknown way
-            self.notify(f"Brush edit kept in the labels but not in the log: {exc}", error=True)
-            return
-        if self.session.record_paint(index, before) is not None:
+        self._painted.append(list(event.value))
+        self._paint_timer.start()
+
+    def _record_paint(self) -> None:
+        strokes, self._painted = self._painted, []
+        changed = False
+        for atoms in strokes:
+            try:
+                index, before = _layers.paint_changes(atoms, self.session.shape)
+            except ValueError as exc:  # an edit napari describes in an unknown way
+                self.notify(f"Brush edit kept in the labels but not in the log: {exc}", True)
+                continue
+            changed |= self.session.record_paint(index, before) is not None
+        if changed:
             self._after_change(event="paint")
 
     # --------------------------------------------------------------- proposals

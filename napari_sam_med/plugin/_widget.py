@@ -129,6 +129,7 @@ class SamMedWidget(JobsMixin, ObjectsMixin, ReviewMixin, DatasetsMixin, QWidget)
             or self._pending
             or self._autosaves
             or self._sync_timer.isActive()
+            or bool(getattr(self, "_painted", None))
         )
 
     def alive(self) -> bool:
