@@ -213,18 +213,19 @@ def _check_text_support(cases: list, model: Any, model_arg: str) -> None:
     its text encoder loads."""
     if not any(o.text for c in cases for o in c.objects):
         return
+    from .build import CheckpointError
     from .predictor import SamPredictor
 
     predictor = SamPredictor(model)
     if not predictor.supports_text:
-        raise ValueError(
+        raise CheckpointError(
             f"text prompts need a checkpoint trained with text; {model_arg} has no text-prompt "
             f"support (text_dim=None). Use --box3d, --box or --points, or a text checkpoint"
         )
     try:
         predictor.get_text_encoder()
     except ImportError as exc:
-        raise ValueError(f"{model_arg}: {exc}") from None
+        raise CheckpointError(f"{model_arg}: {exc}") from None
 
 
 def _run_with_progress(cases, model, args, kwargs, quiet: bool) -> list:

@@ -143,6 +143,31 @@ def test_cli_text_refused_by_models_without_text(tmp_path: Path, tiny_model, cap
     err = capsys.readouterr().err
     assert rc == 2 and not out.exists()
     assert "plain.pt has no text-prompt support" in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("sam-med: error: text prompts need a checkpoint trained with text")
     rc = main(["segment", str(img), "--text-slices", "1", "2", "--box3d", *"1 1 1 5 5 5".split(),
                "-o", str(out)] + _args(str(ckpt)))  # fmt: skip
     assert rc == 2 and "--text-slices goes with --text alone" in capsys.readouterr().err
+
+
+def test_cli_text_without_the_text_extra(tmp_path: Path, monkeypatch, capsys) -> None:
+    from dataclasses import replace
+    from importlib import metadata
+
+    from napari_sam_med.build import build_model, save_checkpoint
+    from napari_sam_med.config import REGISTRY
+    from napari_sam_med.text import encoders, minilm
+
+    model = build_model(replace(REGISTRY["tiny"], text_dim=384))
+    ckpt = save_checkpoint(model, tmp_path / "minilm_text.pt", metadata={"text_encoder": "minilm"})
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(minilm.metadata, "distribution", missing)
+    monkeypatch.setattr(encoders, "_LOADED", {})
+    img = _phantom(tmp_path / "ct.nii.gz")
+    out = tmp_path / "seg.nii.gz"
+    rc = main(["segment", str(img), "--text", "tumour", "-o", str(out)] + _args(str(ckpt)))
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists()
+    assert "minilm_text.pt" in err and "pip install 'napari-sam-med[text]'" in err
