@@ -200,3 +200,32 @@ def test_text_field_is_disabled_for_models_without_text(open_sam, qtbot):
     w.prompt_text("tumour")
     assert any("no text-prompt support" in t for t in _messages(n0))
     assert not w.session.obj().prompts
+
+
+def test_text_prompt_with_a_text_checkpoint(open_sam, qtbot, tmp_path):
+    from napari_sam_med.plugin import _persist
+    from tests.text_fakes import register_fake, text_checkpoint
+
+    fake = register_fake()
+    ckpt = text_checkpoint(tmp_path / "text.pt")
+    viewer, w = open_sam("ct_phantom")
+    w.model_combo.setCurrentText("checkpoint file")
+    w.checkpoint_edit.setText(str(ckpt))
+    engine = w.engine
+    w.load_btn.click()
+    qtbot.waitUntil(lambda: w.engine is not engine, timeout=60_000)
+    wait_idle(qtbot, w)
+    assert w.text_edit.isEnabled() and "12-d text embeddings" in w.text_label.text()
+    w.go_to(Z)
+    w.text_edit.setText("liver lesion")
+    w.text_btn.click()
+    wait_idle(qtbot, w)
+    assert w.session.obj().prompts[Z] == {"text": "liver lesion"}
+    assert ["liver lesion"] in fake.calls
+    add_box(w, Z, 24, 45, 47, 64)  # text and a box together; the text stays
+    wait_idle(qtbot, w)
+    assert w.session.obj().prompts[Z] == {"box": [24.0, 45.0, 47.0, 64.0], "text": "liver lesion"}
+    w.commit()
+    path = _persist.save_log(w.session, tmp_path / "text.session.json")
+    prompts = [e for e in _persist.load_log(path)["events"] if e["action"] == "prompt"]
+    assert prompts[-1]["prompt"]["text"] == "liver lesion"
