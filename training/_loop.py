@@ -52,7 +52,13 @@ def validate(self: Any) -> dict[str, float]:
     if self.rank == 0 and self.val_ds is not None and len(self.val_ds):
         loader = DataLoader(self.val_ds, batch_size=self.cfg.optim.batch_size, shuffle=False)
         metrics = evaluate(
-            self.model, loader, self.device, self.autocast(), self.cfg.run.val_clicks, self.store
+            self.model,
+            loader,
+            self.device,
+            self.autocast(),
+            self.cfg.run.val_clicks,
+            self.store,
+            self.text_table,
         )
         overall = [v for k, v in metrics.items() if k.startswith("dice") and "/" not in k]
         metrics["dice_mean"] = sum(overall) / len(overall)
@@ -75,6 +81,8 @@ def _checkpoint(self: Any, val: dict[str, float]) -> None:
                 "val": val,
             }
         }
+        if self.text_table is not None:
+            meta.update(self.text_table.metadata())
         if val and val["dice_mean"] > self.best:
             self.best = val["dice_mean"]
             save_best(self.run_dir, self.model, meta)

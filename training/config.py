@@ -44,6 +44,8 @@ class DataConfig:
         samples_per_epoch: length of one sampling epoch.
         workers: DataLoader worker processes.
         rtstruct_rois: RTSTRUCT ROI names, one label value each (``null``: the only ROI).
+        label_names: ``{value: name}`` for text prompts (MSD sources read ``dataset.json``;
+            these override it).
     """
 
     source: str = "folder"
@@ -66,6 +68,7 @@ class DataConfig:
     samples_per_epoch: int = 1000
     workers: int = 0
     rtstruct_rois: list[str] | None = None
+    label_names: dict[int, str] | None = None
 
 
 @dataclass
@@ -99,6 +102,8 @@ class ModelConfig:
         freeze_bn: keep BatchNorm layers (TinyViT) in eval mode while fine-tuning.
         cache_embeddings: in ``decoder`` mode, compute each slice's embedding once and keep it.
         compile: ``torch.compile`` the encoder and decoder in place.
+        text_encoder: train text prompts from label names with this text encoder
+            (``minilm``, or a CLIP text-tower file); ``null``: no text.
     """
 
     name: str = "lite_medsam"
@@ -108,6 +113,7 @@ class ModelConfig:
     freeze_bn: bool = True
     cache_embeddings: bool = True
     compile: bool = False
+    text_encoder: str | None = None
 
 
 @dataclass
@@ -123,6 +129,9 @@ class SimConfig:
     # "each": back-propagate every decoder pass at once (one pass's graph alive at a time,
     # same gradients; see training/passgrad.py); "once": one backward over all 11 passes.
     pass_backward: str = "each"
+    # probability that a sample's first prompt is its label name's text (needs
+    # model.text_encoder); the clicks follow as after a box or point.
+    text_prob: float = 0.0
 
 
 @dataclass
@@ -239,6 +248,7 @@ def _validate(cfg: TrainConfig) -> None:
     checks = [
         (0 <= cfg.data.val_fraction < 1, "data.val_fraction must be in [0, 1)"),
         (0 <= cfg.sim.point_prob <= 1, "sim.point_prob must be in [0, 1]"),
+        (0 <= cfg.sim.text_prob <= 1, "sim.text_prob must be in [0, 1]"),
         (cfg.sim.no_point_iters in (0, 1, 2), "sim.no_point_iters must be 0, 1 or 2"),
         (cfg.optim.batch_size >= 1, "optim.batch_size must be >= 1"),
         (cfg.optim.accumulation >= 1, "optim.accumulation must be >= 1"),

@@ -46,6 +46,7 @@ class InteractiveStep(nn.Module):
         images: torch.Tensor | None = None,
         embeddings: torch.Tensor | None = None,
         grad_scale: float = 1.0,
+        text: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of a batch.
 
@@ -56,6 +57,7 @@ class InteractiveStep(nn.Module):
             images: ``(B, 3, S, S)`` normalised images (the encoder runs once on them), or
             embeddings: ``(B, C, h, w)`` precomputed embeddings (decoder-only training).
             grad_scale: the GradScaler's current scale (fp16 AMP), for per-pass backward.
+            text: ``(B, D)`` label-name embeddings for text first prompts (``sim.text_prob``).
         """
         if embeddings is None:
             embeddings = self.model.image_encoder(images)
@@ -65,7 +67,7 @@ class InteractiveStep(nn.Module):
             params = [*pe.parameters(), *dec.parameters()]
             grads = PassGradients(embeddings, params, grad_scale)
         return simulate_train(
-            self.model, embeddings, masks, self.loss, self.sim, self.seed, step, uids, grads
+            self.model, embeddings, masks, self.loss, self.sim, self.seed, step, uids, grads, text
         )
 
 
@@ -207,12 +209,15 @@ def evaluate(
     autocast: Any,
     clicks: list[int],
     store: EmbeddingStore | None = None,
+    text_table: Any = None,
 ) -> dict[str, float]:
     """Validation Dice with the simulator's deterministic clicks, per label and overall.
 
     Metrics: ``dice_box`` (after the exact box), ``dice_point`` (after the object's centre
     point), ``dice_box_click{k}`` (after ``k`` corrective clicks following the box). Keys are
-    ``"{metric}"`` (all labels) and ``"{metric}/label{v}"``.
+    ``"{metric}"`` (all labels) and ``"{metric}/label{v}"``. With a ``text_table`` (text
+    prompts) also ``dice_text`` (the label name alone) and ``dice_text_click1``; then
+    ``dice_point_click1`` is reported too, the point-only baseline for text + 1 click.
     """
     modes = {m: m.training for m in model.modules()}
     model.eval()
@@ -225,11 +230,19 @@ def evaluate(
         else:
             with autocast:
                 emb = model.image_encoder(images).float()
+        text_clicks = 1 if text_table is not None else 0
         with autocast:
             box = simulate_eval(model, emb, masks, "box", n_clicks)
-            point = simulate_eval(model, emb, masks, "point", 0)
+            point = simulate_eval(model, emb, masks, "point", text_clicks)
+            if text_table is not None:
+                text = text_table(batch["label"], device)
+                by_text = simulate_eval(model, emb, masks, "text", 1, text=text)
         metrics = {"dice_box": box[0], "dice_point": point[0]}
         metrics.update({f"dice_box_click{k}": box[k] for k in clicks})
+        if text_table is not None:
+            metrics.update(
+                dice_point_click1=point[1], dice_text=by_text[0], dice_text_click1=by_text[1]
+            )
         labels = batch["label"].tolist()
         for name, values in metrics.items():
             for v, lab in zip(values.tolist(), labels, strict=True):

@@ -200,7 +200,13 @@ class TrainSlices(Dataset):
                 obj = objects[int(rng.integers(len(objects)))]
                 image, mask = to_model_input(img, obj, self.model_config)
                 case = self.vi.volumes.cases[vol].case
-                return {"image": image, "mask": mask, "uid": uid, "key": f"{case}|{z}"}
+                return {
+                    "image": image,
+                    "mask": mask,
+                    "uid": uid,
+                    "key": f"{case}|{z}",
+                    "label": int(value),
+                }
         raise ValueError(
             f"no object of at least {self.cfg.min_object_area} px found in 20 draws; "
             "lower data.min_object_area"

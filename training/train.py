@@ -41,6 +41,7 @@ from .engine import EmbeddingStore, InteractiveStep, build_optimizer, set_traina
 from .losses import build_loss
 from .sampling import TrainSlices, ValSlices
 from .splits import apply_split, split_by_patient, write_split
+from .textprompt import build_text_table
 
 logger = logging.getLogger("training")
 
@@ -146,6 +147,10 @@ class Trainer:
             self.model.image_encoder.compile()
             self.model.mask_decoder.compile()
         self.train_ds, self.val_ds, self.data_info = prepare_data(cfg, self.model.config, self.rank)
+        values = sorted(
+            {v for ds in (self.train_ds, self.val_ds) if ds for idx in ds.vi.index for v in idx}
+        )
+        self.text_table = build_text_table(cfg, self.model, values)
         self.step_module: torch.nn.Module = InteractiveStep(
             self.model, build_loss(cfg.loss), cfg.sim, cfg.run.seed
         )
@@ -202,6 +207,9 @@ class Trainer:
             else:
                 with torch.no_grad(), self.autocast():
                     emb = self.model.image_encoder(images).float()
+        text = None
+        if self.text_table is not None:
+            text = self.text_table(batch["label"], self.device)
         no_sync = getattr(self.step_module, "no_sync", None)
         ctx = no_sync() if (no_sync is not None and not sync) else nullcontext()
         with ctx:
@@ -213,6 +221,7 @@ class Trainer:
                     images=None if emb is not None else images,
                     embeddings=emb,
                     grad_scale=self.scaler.get_scale() if self.scaler else 1.0,
+                    text=text,
                 )
             scaled = loss / self.cfg.optim.accumulation
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
