@@ -116,3 +116,23 @@ def test_bad_inputs_name_the_file(tmp_path: Path, capsys) -> None:
         parse_label_names(["0=background"])
     assert parse_label_names(["1=liver tumour"]) == {1: "liver tumour"}
     assert case_name("/x/STS 001_0000.nii.gz") == "STS_001"
+
+
+def test_in_memory_item_with_progress(tmp_path: Path) -> None:
+    img = np.arange(3 * 10 * 12, dtype=np.int16).reshape(3, 10, 12)
+    lbl = np.zeros(img.shape, np.uint16)
+    lbl[1, 2:5, 3:7] = 1
+    vol = Volume(img, (0.8, 0.8, 2.0), (1.0, 2.0, 3.0))
+    seen = []
+    meta = export_dataset(
+        [ExportItem("viewer image", "viewer labels", "mem", {1: "lesion"}, None, vol, lbl)],
+        tmp_path / "ds",
+        progress=lambda *a: seen.append(a),
+    )
+    assert seen == [(1, 1, "mem")] and meta["training"][0]["source_image"] == "viewer image"
+    back = read_volume(tmp_path / "ds" / "labelsTr" / "mem.nii.gz")
+    np.testing.assert_array_equal(back.array, lbl)
+    np.testing.assert_allclose(back.origin, (1.0, 2.0, 3.0), atol=1e-5)
+    with pytest.raises(ValueError, match=r"viewer labels: labels have shape \(2, 10, 12\)"):
+        export_dataset([ExportItem("i", "viewer labels", "m2", {}, None, vol, lbl[:2])],
+                       tmp_path / "ds")  # fmt: skip

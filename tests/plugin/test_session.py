@@ -228,3 +228,42 @@ def test_proposals_accepted_become_objects_and_rejected_stay_as_negatives():
     assert [o.label for o in s.objects] == [1] and not (s.labels == 2).any()
     with pytest.raises(ValueError, match="no proposal left"):
         queue.take(accepted=True)
+
+
+def test_a_replayed_review_gives_the_same_labels_and_log_decisions():
+    from napari_sam_med.plugin._proposals import Proposal
+
+    s = Session(SHAPE, (1.0, 1.0, 1.0))
+    s.new_object("manual")
+    s.accept_proposal(Proposal(2, _pred(2, (0, 0, 2, 2)), {"box": [0.0, 0.0, 2.0, 2.0]}), 3.0)
+    s.reject_proposal(Proposal(2, _pred(2, (5, 5, 8, 8)), {"box": [5.0, 5.0, 8.0, 8.0]}), 1.0)
+
+    class Boxes:  # "predicts" exactly the box it is given
+        model_info, preset = {"name": "boxes"}, "minmax"
+
+        @staticmethod
+        def preview(z, prompt):
+            x0, y0, x1, y1 = (int(v) for v in prompt["box"])
+            return _preview(z, (x0, y0, x1, y1))
+
+    again = _persist.replay(_persist.session_log(s), Boxes(), Session(SHAPE, (1.0, 1.0, 1.0)))
+    np.testing.assert_array_equal(again.labels, s.labels)
+    assert [e["action"] for e in again.events][-2:] == ["accept_proposal", "reject_proposal"]
+    assert again.obj(2).source == "proposal"
+
+
+def test_version_1_logs_still_load(tmp_path):
+    from napari_sam_med.volume.session_log import final_objects
+
+    old = {"format": "napari-sam-med-session", "version": 1, "image": {"name": "x"},
+           "objects": [{"label": 1, "name": "a", "voxels": 16}],
+           "events": [{"action": "new_object", "label": 1, "name": "a", "color": [1, 0, 0, 1]},
+                      {"action": "prompt", "label": 1, "z": 2, "prompt": {"box": [0, 0, 3, 3]},
+                       "model": "tiny", "preset": "minmax"},
+                      {"action": "commit", "label": 1}]}  # fmt: skip
+    path = tmp_path / "old.session.json"
+    path.write_text(json.dumps(old))
+    log = _persist.load_log(path)
+    state = final_objects(log)
+    assert state.objects[1].model_prompts == {2: {"box": [0, 0, 3, 3]}}
+    assert state.commit_order == [1]
