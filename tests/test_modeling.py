@@ -293,9 +293,18 @@ def test_encoder_bad_config_raises(kwargs: dict, match: str) -> None:
 
 
 # ------------------------------------------------------------ fused inference paths (decoder)
+def _plain_decode(sam: Sam, emb: torch.Tensor, **prompts) -> list[torch.Tensor]:
+    """``sam.decode`` through the plain modules (autograd on, fused training twin off)."""
+    sam.mask_decoder.fused_training = False
+    try:
+        return [t.detach() for t in sam.decode(emb, **prompts)]
+    finally:
+        sam.mask_decoder.fused_training = True
+
+
 def _decode_both(sam: Sam, emb: torch.Tensor, **prompts):
     """Plain (autograd on) and fused (inference mode) outputs of ``sam.decode``."""
-    plain = [t.detach() for t in sam.decode(emb, **prompts)]
+    plain = _plain_decode(sam, emb, **prompts)
     with torch.inference_mode():
         fused = sam.decode(emb, **prompts)
     return plain, fused
@@ -339,11 +348,55 @@ def test_fused_decoder_follows_weight_updates(tiny_sam: Sam) -> None:
         before = sam.decode(emb, boxes=box)[0]
     with torch.no_grad():
         sam.mask_decoder.output_hypernetworks_mlps[1].layers[-1].bias.add_(1.0)
-    plain = sam.decode(emb, boxes=box)[0].detach()
+    plain = _plain_decode(sam, emb, boxes=box)[0]
     with torch.inference_mode():
         after = sam.decode(emb, boxes=box)[0]
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, plain, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_fused_training_twin_matches_plain_outputs_and_gradients(
+    golden_sam: Sam, multimask: bool
+) -> None:
+    """The differentiable fused decoder gives the plain decoder's outputs and gradients.
+
+    Attention key biases are excluded: their true gradient is exactly zero (softmax ignores a
+    per-query constant), so both paths only return float rounding noise there.
+    """
+    sam = golden_sam.train()
+    gen = torch.Generator().manual_seed(5)
+    size = sam.prompt_encoder.input_image_size[0]
+    emb = torch.randn((2, *_embedding_shape(sam)), generator=gen)
+    boxes = torch.tensor([[0.1, 0.2, 0.5, 0.6], [0.3, 0.2, 0.7, 0.9]]) * size
+    masks = 4 * torch.randn((2, 1, *sam.prompt_encoder.mask_input_size), generator=gen)
+    weights = torch.randn((2, 3 if multimask else 1, *masks.shape[-2:]), generator=gen)
+
+    def run(fused: bool) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        sam.zero_grad(set_to_none=True)
+        sam.mask_decoder.fused_training = fused
+        x = emb.clone().requires_grad_(True)
+        out, iou = sam.decode(x, boxes=boxes, masks=masks, multimask_output=multimask)
+        ((out * weights).sum() + iou.square().sum()).backward()
+        grads = {
+            n: (p.grad if p.grad is not None else torch.zeros_like(p))
+            for n, p in sam.named_parameters()
+            if not n.endswith("k_proj.bias")
+        }
+        return [out.detach(), iou.detach(), x.grad], grads
+
+    try:
+        (po, pi, pg), pgrads = run(False)
+        (fo, fi, fg), fgrads = run(True)
+    finally:
+        sam.mask_decoder.fused_training = True
+        sam.eval()
+    torch.testing.assert_close(fo, po, rtol=RTOL, atol=ATOL * po.abs().max().item())
+    torch.testing.assert_close(fi, pi, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(fg, pg, rtol=1e-4, atol=1e-5 * pg.abs().max().item())
+    for name, g in pgrads.items():
+        scale = max(g.abs().max().item(), 1e-8)
+        torch.testing.assert_close(fgrads[name], g, rtol=1e-4, atol=1e-4 * scale, msg=name)
 
 
 def test_dense_pe_is_cached_and_usable_for_training(tiny_sam: Sam) -> None:

@@ -47,17 +47,26 @@ def _heads(w: torch.Tensor, heads: int) -> torch.Tensor:
     return w.reshape(heads, w.shape[0] // heads, w.shape[1])
 
 
-class _Attn:
-    """Detached weights of one :class:`Attention`, split per head."""
+def _keep(t: torch.Tensor) -> torch.Tensor:
+    return t
 
-    def __init__(self, attn: Attention) -> None:
+
+def _detach(t: torch.Tensor) -> torch.Tensor:
+    return t.detach()
+
+
+class _Attn:
+    """Weights of one :class:`Attention` (detached unless ``grad``), split per head."""
+
+    def __init__(self, attn: Attention, grad: bool = False) -> None:
+        w = _keep if grad else _detach
         self.h = attn.num_heads
         self.d = attn.internal_dim // attn.num_heads
         self.scale = self.d**-0.5
-        self.wq, self.bq = attn.q_proj.weight.detach(), attn.q_proj.bias.detach()
-        self.wk, self.bk = attn.k_proj.weight.detach(), attn.k_proj.bias.detach()
-        self.wv, self.bv = attn.v_proj.weight.detach(), attn.v_proj.bias.detach()
-        self.wo, self.bo = attn.out_proj.weight.detach(), attn.out_proj.bias.detach()
+        self.wq, self.bq = w(attn.q_proj.weight), w(attn.q_proj.bias)
+        self.wk, self.bk = w(attn.k_proj.weight), w(attn.k_proj.bias)
+        self.wv, self.bv = w(attn.v_proj.weight), w(attn.v_proj.bias)
+        self.wo, self.bo = w(attn.out_proj.weight), w(attn.out_proj.bias)
         self.wk_h = _heads(self.wk, self.h)  # H x d x C
         self.wq_h = _heads(self.wq, self.h)
         self.bk_h, self.bq_h = self.bk.view(self.h, self.d), self.bq.view(self.h, self.d)
@@ -113,18 +122,19 @@ class _Attn:
 
 
 class _Block:
-    """Detached :class:`TwoWayAttentionBlock`."""
+    """A :class:`TwoWayAttentionBlock`'s weights (detached unless ``grad``)."""
 
-    def __init__(self, blk: TwoWayAttentionBlock) -> None:
+    def __init__(self, blk: TwoWayAttentionBlock, grad: bool = False) -> None:
+        w = _keep if grad else _detach
         self.skip_pe = blk.skip_first_layer_pe
-        self.self_attn = _Attn(blk.self_attn)
-        self.t2i = _Attn(blk.cross_attn_token_to_image)
-        self.i2t = _Attn(blk.cross_attn_image_to_token)
-        self.norms = [(n.weight.detach(), n.bias.detach(), n.eps) for n in
+        self.self_attn = _Attn(blk.self_attn, grad)
+        self.t2i = _Attn(blk.cross_attn_token_to_image, grad)
+        self.i2t = _Attn(blk.cross_attn_image_to_token, grad)
+        self.norms = [(w(n.weight), w(n.bias), n.eps) for n in
                       (blk.norm1, blk.norm2, blk.norm3, blk.norm4)]  # fmt: skip
         mlp = blk.mlp
-        self.mlp = (mlp.lin1.weight.detach(), mlp.lin1.bias.detach(),
-                    mlp.lin2.weight.detach(), mlp.lin2.bias.detach())  # fmt: skip
+        self.mlp = (w(mlp.lin1.weight), w(mlp.lin1.bias),
+                    w(mlp.lin2.weight), w(mlp.lin2.bias))  # fmt: skip
 
     def _norm(self, i: int, x: torch.Tensor) -> torch.Tensor:
         w, b, eps = self.norms[i]
@@ -154,29 +164,37 @@ class _Block:
 
 
 class FusedMaskDecoder:
-    """Callable eval-only twin of a :class:`MaskDecoder` with a two-way transformer."""
+    """Callable twin of a :class:`MaskDecoder` with a two-way transformer.
 
-    def __init__(self, dec: MaskDecoder) -> None:
+    With ``grad=False`` (inference) it holds detached weights and works in place where it can.
+    With ``grad=True`` (training) it uses the parameters themselves and only out-of-place ops,
+    so autograd differentiates the same reordered products (build a fresh one per forward: the
+    per-head weight views are derived from the current parameters).
+    """
+
+    def __init__(self, dec: MaskDecoder, grad: bool = False) -> None:
+        w = _keep if grad else _detach
+        self.grad = grad
         tr = dec.transformer
         self.num_mask_tokens = dec.num_mask_tokens
-        self.blocks = [_Block(b) for b in tr.layers]
-        self.final = _Attn(tr.final_attn_token_to_image)
+        self.blocks = [_Block(b, grad) for b in tr.layers]
+        self.final = _Attn(tr.final_attn_token_to_image, grad)
         fn = tr.norm_final_attn
-        self.final_norm = (fn.weight.detach(), fn.bias.detach(), fn.eps)
-        self.out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight]).detach()
+        self.final_norm = (w(fn.weight), w(fn.bias), fn.eps)
+        self.out_tokens = w(torch.cat([dec.iou_token.weight, dec.mask_tokens.weight]))
         up1, ln, _, up2, _ = dec.output_upscaling
         # ConvTranspose2d weight Cin x Cout x 2 x 2 -> (ky, kx, Cout) x Cin for F.linear
         self.c1, self.c2 = up1.out_channels, up2.out_channels
-        self.w1 = up1.weight.detach().permute(2, 3, 1, 0).reshape(-1, up1.in_channels)
-        self.b1 = up1.bias.detach().repeat(4)
-        self.w2 = up2.weight.detach().permute(2, 3, 1, 0).reshape(-1, up2.in_channels)
-        self.b2 = up2.bias.detach().repeat(4)
-        self.ln = (ln.weight.detach(), ln.bias.detach(), ln.eps)
+        self.w1 = w(up1.weight).permute(2, 3, 1, 0).reshape(-1, up1.in_channels)
+        self.b1 = w(up1.bias).repeat(4)
+        self.w2 = w(up2.weight).permute(2, 3, 1, 0).reshape(-1, up2.in_channels)
+        self.b2 = w(up2.bias).repeat(4)
+        self.ln = (w(ln.weight), w(ln.bias), ln.eps)
         self.hyper = [
-            [(lin.weight.detach(), lin.bias.detach()) for lin in mlp.layers]
+            [(w(lin.weight), w(lin.bias)) for lin in mlp.layers]
             for mlp in dec.output_hypernetworks_mlps
         ]
-        self.iou_head = [(lin.weight.detach(), lin.bias.detach()) for lin in
+        self.iou_head = [(w(lin.weight), w(lin.bias)) for lin in
                          dec.iou_prediction_head.layers]  # fmt: skip
         self.iou_sigmoid = dec.iou_prediction_head.sigmoid_output
         self._pe_src: torch.Tensor | None = None
@@ -222,6 +240,10 @@ class FusedMaskDecoder:
                 iou = F.relu(iou)
         if self.iou_sigmoid:
             iou = torch.sigmoid(iou)
+        if self.grad:  # all masks, then the selection: unselected heads get zero gradients
+            ids = range(self.num_mask_tokens)
+            hyper = torch.stack([self._hyper(i, queries[:, 1 + i]) for i in ids], dim=2)
+            return self._masks(keys.expand(b, -1, -1), hyper, h, w)[:, mask_ids], iou[:, mask_ids]
         ids = range(self.num_mask_tokens)[mask_ids]
         hyper = torch.stack([self._hyper(i, queries[:, 1 + i]) for i in ids], dim=2)  # BxC2xM
         return self._masks(keys.expand(b, -1, -1), hyper, h, w), iou[:, mask_ids]
@@ -241,9 +263,15 @@ class FusedMaskDecoder:
         """
         b, m = keys.shape[0], hyper.shape[2]
         g, beta, eps = self.ln
+        grid = keys.view(b, h, w, -1)
+        if self.grad:  # training: out of place, in one band (autograd keeps it all anyway)
+            x = F.linear(grid, self.w1, self.b1).view(b, -1, self.c1)
+            x = F.gelu(F.layer_norm(x, (self.c1,), g, beta, eps))
+            x = F.gelu(F.linear(x, self.w2, self.b2)).view(b, -1, self.c2)
+            band = torch.bmm(x, hyper).view(b, h, w, 2, 2, 2, 2, m)
+            return band.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, m, 4 * h, 4 * w)
         out = keys.new_empty(b, m, h, 4, w, 4)
         rows = max(1, _BAND_PIXELS // w)
-        grid = keys.view(b, h, w, -1)
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
             x = F.linear(grid[:, r0:r1], self.w1, self.b1).view(b, -1, self.c1)

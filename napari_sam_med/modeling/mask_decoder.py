@@ -61,18 +61,26 @@ class MaskDecoder(nn.Module):
             transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
         )
         self._fast: Any = None  # (weights signature, FusedMaskDecoder)
+        # training/grad calls use the differentiable fused twin (same function, faster)
+        self.fused_training = True
 
     def _fast_path(self) -> Any:
-        """The fused inference twin, or ``None`` if this call must use the plain modules."""
+        """The fused twin for this call, or ``None`` if it must use the plain modules.
+
+        Inference (eval, no grad) reuses one cached twin with detached weights. Training (or any
+        call with gradients) builds a differentiable twin on the current parameters when
+        ``fused_training`` is on: the same function with cheaper products, forward and backward.
+        """
         from .transformer import TwoWayTransformer
 
-        if (
-            self.training
-            or torch.is_grad_enabled()
-            or torch.compiler.is_compiling()
-            or type(self.transformer) is not TwoWayTransformer
-        ):
+        if torch.compiler.is_compiling() or type(self.transformer) is not TwoWayTransformer:
             return None
+        if self.training or torch.is_grad_enabled():
+            if not self.fused_training:
+                return None
+            from ._fused_decoder import FusedMaskDecoder
+
+            return FusedMaskDecoder(self, grad=True)
         signature = weights_signature(self)
         if self._fast is None or self._fast[0] != signature:
             from ._fused_decoder import FusedMaskDecoder
