@@ -64,7 +64,9 @@ def test_text_search_seeds_on_best_slice_and_propagates(engine) -> None:
     assert sorted(obj.slices) == sorted(RADII)  # propagated from 5 down to 2 and up to 8
     assert obj.slices[5].source == "text"
     assert {obj.slices[z].source for z in RADII if z != 5} == {"propagated"}
-    assert obj.stop_reasons == {"down": "empty", "up": "empty"}
+    assert obj.stop_reasons["down"] == "empty" and obj.stop_reasons["up"] == "empty"
+    assert obj.stop_reasons["search"].startswith("seed slice 5: predicted IoU 0.90")
+    assert "low confidence" not in obj.stop_reasons["search"]
 
 
 def test_text_search_range_and_not_found(engine) -> None:
@@ -73,10 +75,14 @@ def test_text_search_range_and_not_found(engine) -> None:
     run(segment_text(prop, obj, "tumour", z_range=(2, 4)))
     assert list(obj.key_prompts) == [3]  # the best slice inside the range
     assert sorted(obj.slices) == sorted(RADII)  # propagation may leave the search range
-    prop, _ = engine({})  # nothing confident anywhere
+    prop, _ = engine({})  # masks everywhere in RADII, but every text IoU is low (0.1)
+    low = ObjectSegmentation(label=1)
+    run(segment_text(prop, low, "tumour"))
+    assert sorted(low.slices) == sorted(RADII)  # the relative ranking still seeds
+    assert "low confidence" in low.stop_reasons["search"]
     empty = ObjectSegmentation(label=1)
-    run(segment_text(prop, empty, "tumour"))
-    assert empty.slices == {} and "no confident mask for 'tumour'" in empty.stop_reasons["search"]
+    run(segment_text(prop, empty, "tumour", z_range=(0, 1)))  # no mask on these slices
+    assert empty.slices == {} and "no mask for 'tumour'" in empty.stop_reasons["search"]
     with pytest.raises(ValueError, match="outside the volume"):
         run(segment_text(prop, empty, "tumour", z_range=(0, 99)))
 

@@ -26,12 +26,14 @@ def segment_text(
     """Segment ``obj`` from a text prompt alone: search the slices, seed, propagate.
 
     Every slice in ``z_range`` (inclusive; all when None) is predicted from the text only.
-    A slice is *confident* when its mask has at least ``min_area`` pixels and its predicted
-    IoU and stability reach ``min_iou`` / ``min_stability`` (the propagation settings). The
-    seed is the confident slice with the highest ``predicted IoU x stability`` (ties: the
-    larger mask). From it the object propagates both ways until it ends (it may leave the
-    search range). With no confident slice the object stays empty and
-    ``obj.stop_reasons["search"]`` says so.
+    A slice is a *candidate* when its mask has at least ``min_area`` pixels and its stability
+    reaches ``min_stability`` (the propagation settings). The seed is the candidate with the
+    highest ``predicted IoU x stability`` (ties: the larger mask): the ranking is relative,
+    because a text-trained IoU head is often calibrated lower for text than for boxes. From
+    the seed the object propagates both ways until it ends (it may leave the search range).
+    ``obj.stop_reasons["search"]`` names the seed and its scores, and says "low confidence"
+    when its predicted IoU is below ``min_iou``. With no candidate the object stays empty and
+    the reason says so.
 
     Yields:
         :class:`Progress` per searched slice (``total`` = slices in the range), then the
@@ -42,21 +44,26 @@ def segment_text(
     lo, hi = seg.check_index(lo), seg.check_index(hi)
     if hi < lo:
         raise ValueError(f"text search range {z_range} is empty; expected z0 <= z1")
-    best: tuple[float, int, int] | None = None  # (score, area, z)
+    best: tuple[float, int, int, float, float] | None = None  # (score, area, z, iou, stab)
     total = hi - lo + 1
     for i, z in enumerate(range(lo, hi + 1)):
         pred = seg.predict(z, text=text, source="text")
-        if _confident(prop, pred):
-            key = (pred.iou * pred.stability, pred.area, z)
+        if _candidate(prop, pred):
+            key = (pred.iou * pred.stability, pred.area, z, pred.iou, pred.stability)
             best = key if best is None or key[:2] > best[:2] else best
         yield Progress(i + 1, total, z, f"text search: {text!r}")
     obj.slices, obj.stop_reasons = {}, {}
     if best is None:
         obj.key_prompts = {}
-        obj.stop_reasons["search"] = f"no confident mask for {text!r} on slices {lo}..{hi}"
+        obj.stop_reasons["search"] = f"no mask for {text!r} on slices {lo}..{hi}"
         return
-    obj.key_prompts = {best[2]: {"text": text}}
+    _, _, z, iou, stab = best
+    reason = f"seed slice {z}: predicted IoU {iou:.2f}, stability {stab:.2f}"
+    if iou < prop.settings.min_iou:
+        reason += f" (low confidence: IoU below {prop.settings.min_iou:.2f}; check the result)"
+    obj.key_prompts = {z: {"text": text}}
     yield from prop.key_slices(obj)
+    obj.stop_reasons["search"] = reason
 
 
 def add_text(key_prompts: dict[int, dict[str, Any]], text: str) -> dict[int, dict[str, Any]]:
@@ -64,6 +71,6 @@ def add_text(key_prompts: dict[int, dict[str, Any]], text: str) -> dict[int, dic
     return {z: {**p, "text": text} for z, p in key_prompts.items()}
 
 
-def _confident(prop: Propagator, pred: SlicePrediction) -> bool:
+def _candidate(prop: Propagator, pred: SlicePrediction) -> bool:
     s = prop.settings
-    return pred.area >= s.min_area and pred.iou >= s.min_iou and pred.stability >= s.min_stability
+    return pred.area >= s.min_area and pred.stability >= s.min_stability
