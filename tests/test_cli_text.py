@@ -59,7 +59,7 @@ def test_text_search_seeds_on_best_slice_and_propagates(engine) -> None:
     events = run(segment_text(prop, obj, "tumour"))
     assert [e.z for e in events[: SHAPE[0]]] == list(range(SHAPE[0]))  # every slice searched
     assert all(e.total == SHAPE[0] for e in events[: SHAPE[0]])
-    # 5 and 6 tie on IoU x stability; 5 has the larger mask; 9 has no mask
+    # 5 and 6 tie on predicted IoU; 5 has the larger mask; 9 has no mask
     assert obj.key_prompts == {5: {"text": "tumour"}}
     assert sorted(obj.slices) == sorted(RADII)  # propagated from 5 down to 2 and up to 8
     assert obj.slices[5].source == "text"
