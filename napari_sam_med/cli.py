@@ -101,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     pc.set_defaults(func=cmd_precompute)
 
     a = sub.add_parser("auto", parents=[model], help="automatic masks, slice by slice, as labels")
-    a.add_argument("image")
-    a.add_argument("-o", "--output", required=True, help="label file to write")
+    a.add_argument("images", nargs="+", help="image files, DICOM folders or folders of volumes")
+    a.add_argument("-o", "--output", help="label file to write (one image)")
+    a.add_argument("--out-dir", help="batch: labels, QC PNGs and auto_report.json/.csv here")
     a.add_argument("--slices", nargs=2, type=int, metavar=("Z0", "Z1"), help="inclusive range")
     a.add_argument("--points-per-side", type=int, default=12, help="grid of prompts per side")
     a.add_argument("--prompt-type", choices=("auto", "points", "boxes"), default="auto",
@@ -344,35 +345,64 @@ def cmd_precompute(args: argparse.Namespace) -> int:
 
 
 def cmd_auto(args: argparse.Namespace) -> int:
-    """``sam-med auto``: automatic mask generation slice by slice, linked into 3D labels."""
+    """``sam-med auto``: automatic masks slice by slice, linked into 3D labels (one or a batch)."""
+    from functools import partial
+
     from tqdm import tqdm
 
     from .amg import settings_for_model
-    from .volume.io import read_volume, write_labels
+    from .volume.auto import find_volumes, run_auto_batch
+    from .volume.io import write_labels
     from .volume.segment import resolve_preset, segment_automatic
 
+    if bool(args.output) == bool(args.out_dir):
+        raise SystemExit("sam-med auto: give -o FILE (one image) or --out-dir DIR (a batch)")
+    images = find_volumes(args.images)
+    if not images:
+        raise SystemExit(f"sam-med auto: no volumes found in {args.images}")
+    if args.output and len(images) != 1:
+        raise SystemExit(f"sam-med auto: -o takes one image, found {len(images)}; use --out-dir")
     model = _load_model(args)
-    vol = read_volume(args.image)
-    preset = resolve_preset(args.preset, args.modality, vol)
     amg = settings_for_model(
         model.config.name, args.prompt_type, args.pred_iou_thresh, args.stability_thresh
     )
     bar = tqdm(desc="slices", unit="slice", disable=args.no_progress)
 
     def on_progress(ev) -> None:
+        if ev.done < bar.n:  # the next volume of a batch
+            bar.reset()
         bar.total = ev.total
         bar.update(ev.done - bar.n)
 
-    labels = segment_automatic(
-        model, vol, preset, slices=args.slices, link_iou=args.link_iou,
+    segment = partial(
+        segment_automatic, slices=args.slices, link_iou=args.link_iou,
         min_voxels=args.min_voxels, on_progress=on_progress,
         points_per_side=args.points_per_side, **amg,
     )  # fmt: skip
+
+    def preset_for(vol) -> str:
+        return resolve_preset(args.preset, args.modality, vol)
+
+    if args.output:
+        from .volume.io import read_volume
+
+        vol = read_volume(images[0])
+        labels = segment(model, vol, preset_for(vol))
+        bar.close()
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        write_labels(labels, vol, args.output)
+        print(f"{args.output}: {int(labels.max())} objects, {int((labels > 0).sum())} voxels")
+        return 0
+    report = run_auto_batch(
+        model, images, args.out_dir, segment, preset_for,
+        on_case=lambda i, n, name: bar.set_description(f"{name} ({i + 1}/{n})"),
+    )  # fmt: skip
     bar.close()
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    write_labels(labels, vol, args.output)
-    print(f"{args.output}: {int(labels.max())} objects, {int((labels > 0).sum())} voxels")
-    return 0
+    for r in report:
+        objs = r.get("objects", [])
+        print(f"{r['case']}: {r['status']}, {len(objs)} objects, {r['seconds']} s {r['error']}")
+    print(f"report: {Path(args.out_dir) / 'auto_report.csv'}")
+    return 0 if all(r["status"] != "error" for r in report) else 1
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -1,0 +1,204 @@
+"""The data engine's fully automatic stage over many volumes: ``sam-med auto DIR --out-dir OUT``.
+
+Per volume: :func:`~napari_sam_med.volume.segment.segment_automatic` (grid prompts, IoU and
+stability filtering, NMS, 3D linking of per-slice masks by overlap) -> ``<case>_auto.nii.gz``
+on the image's geometry and ``<case>_auto_qc.png`` (the slices holding the most labelled voxels,
+with every object's contour). The batch writes ``auto_report.json`` and ``auto_report.csv``:
+per case its status, objects (label, voxels, mL, slice span) and seconds. A volume that cannot
+be read or segmented is reported by name with the reason and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .geometry import Volume
+from .qc import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+QC_SLICES = 4
+
+
+def find_volumes(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Image files and DICOM series folders named by ``inputs`` (files or folders).
+
+    A folder contributes its volume files (``.nii[.gz]``, ``.nrrd``, ``.mha``, ``.mhd``; label
+    files named ``*_label*``, ``*_mask*`` or ``*_seg*`` are skipped) and its sub-folders that
+    hold ``.dcm`` files; a folder holding ``.dcm`` files itself is one series.
+
+    Raises:
+        FileNotFoundError: an input does not exist.
+    """
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or folder")
+        if path.is_file():
+            found.append(path)
+        elif any(path.glob("*.dcm")):
+            found.append(path)
+        else:
+            for child in sorted(path.iterdir()):
+                if child.is_file() and _is_image_file(child):
+                    found.append(child)
+                elif child.is_dir() and any(child.glob("*.dcm")):
+                    found.append(child)
+    return list(dict.fromkeys(found))
+
+
+def _is_image_file(path: Path) -> bool:
+    name = path.name.lower()
+    if not name.endswith(VOLUME_SUFFIXES):
+        return False
+    return not re.search(r"_(label|labels|mask|seg|gt)(\.|_)", name)
+
+
+def case_name(path: Path) -> str:
+    """``CT_001.nii.gz`` -> ``CT_001``; a DICOM folder -> its name."""
+    name = path.name
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "case"
+
+
+def object_table(labels: np.ndarray, volume: Volume) -> list[dict[str, Any]]:
+    """Per object of ``(z, y, x)`` ``labels``: label, voxels, volume in mL, first/last slice."""
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    counts = np.bincount(labels.ravel())
+    rows = []
+    for value in np.flatnonzero(counts)[1:] if counts.size > 1 else []:
+        zs = np.flatnonzero((labels == value).any(axis=(1, 2)))
+        rows.append(
+            {
+                "label": int(value),
+                "voxels": int(counts[value]),
+                "volume_ml": round(int(counts[value]) * voxel_ml, 3),
+                "z_first": int(zs[0]),
+                "z_last": int(zs[-1]),
+            }
+        )
+    return rows
+
+
+def write_auto_qc(path: Path, volume: Volume, labels: np.ndarray, preset: str) -> Path:
+    """A PNG of the ``QC_SLICES`` slices with the most labelled voxels, contours in colour."""
+    from PIL import Image, ImageDraw
+
+    from ..preprocessing import apply_intensity, intensity_range
+    from .qc import _colour, _edge
+
+    per_slice = (labels > 0).sum(axis=(1, 2))
+    order = [int(z) for z in np.argsort(-per_slice, kind="stable")[:QC_SLICES]]
+    zs = sorted(z for z in order if per_slice[z] > 0) or [labels.shape[0] // 2]
+    value_range = intensity_range(volume.array, preset)
+    tiles = []
+    for z in zs:
+        grey = np.clip(apply_intensity(volume.array[z], preset, value_range), 0, 255)
+        rgb = np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+        for value in np.unique(labels[z])[1:]:
+            rgb[_edge(labels[z] == value)] = _colour(int(value))
+        tile = Image.fromarray(rgb)
+        ImageDraw.Draw(tile).text((2, 2), f"z={z}  objects={len(np.unique(labels[z])) - 1}",
+                                  fill=(255, 255, 0))  # fmt: skip
+        tiles.append(tile)
+    canvas = Image.new("RGB", (sum(t.width for t in tiles), max(t.height for t in tiles)))
+    x = 0
+    for t in tiles:
+        canvas.paste(t, (x, 0))
+        x += t.width
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    _write_atomic(path, buf.getvalue())
+    return path
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def run_auto_batch(
+    model: Any,
+    images: Sequence[Path],
+    out_dir: str | os.PathLike,
+    segment: Callable[[Any, Volume, str], np.ndarray],
+    preset_for: Callable[[Volume], str],
+    on_case: Callable[[int, int, str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Segment every volume automatically; write labels, QC PNGs and the batch report.
+
+    Args:
+        model: a model from ``build_sam``.
+        images: volume files or DICOM folders (see :func:`find_volumes`).
+        out_dir: output folder (created).
+        segment: ``(model, volume, preset) -> (z, y, x) labels`` (e.g. ``segment_automatic``
+            with the chosen settings bound).
+        preset_for: the intensity preset of a volume.
+        on_case: called ``(index, total, name)`` before each case.
+
+    Returns:
+        The per-case report rows (also in ``auto_report.json`` / ``.csv``).
+    """
+    from .io import read_volume, write_labels
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report: list[dict[str, Any]] = []
+    for i, image in enumerate(images):
+        name = case_name(image)
+        if on_case is not None:
+            on_case(i, len(images), name)
+        row: dict[str, Any] = {"case": name, "image": str(image), "status": "ok", "error": ""}
+        t0 = time.perf_counter()
+        try:
+            volume = read_volume(image)
+            preset = preset_for(volume)
+            labels = segment(model, volume, preset)
+            label_path = out / f"{name}_auto.nii.gz"
+            write_labels(labels, volume, label_path)
+            objects = object_table(labels, volume)
+            qc = write_auto_qc(out / f"{name}_auto_qc.png", volume, labels, preset)
+            row.update(output=str(label_path), qc_png=str(qc), preset=preset, objects=objects)
+            row["status"] = "ok" if objects else "empty"
+        except Exception as exc:  # noqa: BLE001 - one bad volume must not stop the batch
+            logger.error("%s: %s", image, exc)
+            row.update(status="error", error=f"{type(exc).__name__}: {exc}", objects=[])
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        report.append(row)
+        _write_report(out, report)
+    return report
+
+
+def _write_report(out: Path, report: list[dict[str, Any]]) -> None:
+    write_json_atomic(out / "auto_report.json", report)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["case", "status", "objects", "voxels", "volume_ml", "seconds", "error"])
+    for r in report:
+        objs = r.get("objects", [])
+        writer.writerow([
+            r["case"], r["status"], len(objs), sum(o["voxels"] for o in objs),
+            round(sum(o["volume_ml"] for o in objs), 3), r["seconds"], r["error"],
+        ])  # fmt: skip
+    _write_atomic(out / "auto_report.csv", buf.getvalue().encode())
