@@ -172,8 +172,10 @@ def simulate_object(
 
 
 def object_slices(mask3d: np.ndarray, n: int = 1) -> list[int]:
-    """The largest-area slice of a ``(Z, H, W)`` mask; for ``n > 1`` ``n`` slices spread evenly
-    over the object's extent, the one nearest the largest replaced by it."""
+    """The largest-area slice of a ``(Z, H, W)`` mask; for ``n > 1`` ``n`` interior slices
+    spread evenly over the object's extent (the two end caps excluded, as in training
+    validation: a tumour's first and last slices hold slivers that measure the box, not the
+    model), the one nearest the largest replaced by it."""
     areas = mask3d.reshape(mask3d.shape[0], -1).sum(1)
     present = np.nonzero(areas)[0]
     if present.size == 0:
@@ -181,7 +183,7 @@ def object_slices(mask3d: np.ndarray, n: int = 1) -> list[int]:
     largest = int(np.argmax(areas))
     if n == 1:
         return [largest]
-    spread = present[np.linspace(0, present.size - 1, n).round().astype(int)]
+    spread = present[np.linspace(0, present.size - 1, n + 2)[1:-1].round().astype(int)]
     chosen = sorted({int(z) for z in spread})
     chosen[int(np.argmin([abs(z - largest) for z in chosen]))] = largest  # keep the largest
     return sorted(set(chosen))

@@ -57,7 +57,10 @@ def test_object_slices_largest_and_spread() -> None:
     m[2:8, :2, :2] = True
     m[5] = True  # largest slice
     assert object_slices(m, 1) == [5]
-    assert object_slices(m, 3) == [2, 5, 7]
+    assert object_slices(m, 3) == [3, 5, 6]  # interior of 2..7 (no end caps), largest kept
+    m[5] = False  # slices 2, 3, 4, 6, 7 remain
+    m[6] = True  # and 6 is the largest
+    assert object_slices(m, 2) == [3, 6]
     assert object_slices(np.zeros((3, 2, 2), bool)) == []
 
 
