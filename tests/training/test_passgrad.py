@@ -72,3 +72,33 @@ def test_surrogate_is_zero_valued_and_idle_without_grad(tiny_model):
     s.backward()
     # d/d emb of sum((2 emb)^2) = 8 emb
     torch.testing.assert_close(emb.grad, 8 * emb.detach())
+
+
+@pytest.mark.parametrize("trainable", ["full", "decoder"])
+def test_bf16_autocast_step_on_cpu(tiny_model, trainable):
+    """The GPU AMP path, exercised on the CPU: bf16 autocast, per-pass backward, fused decoder."""
+    model = copy.deepcopy(tiny_model)
+    set_trainable(model, trainable)
+    step = InteractiveStep(model, SamLoss(), SimConfig(), seed=1)
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 128, 128)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        emb = None
+        if trainable != "full":
+            with torch.no_grad():
+                emb = model.image_encoder(images).float()
+        loss, stats = step(
+            _gt(2),
+            torch.arange(2),
+            step=0,
+            images=None if emb is not None else images,
+            embeddings=emb,
+        )
+    loss.backward()
+    assert stats["passes"] == 11 and torch.isfinite(loss)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert all(g.dtype == torch.float32 for g in grads)
+    touched = {n.split(".")[0] for n, p in model.named_parameters() if p.grad is not None}
+    assert touched == ({"image_encoder", "prompt_encoder", "mask_decoder"} if trainable == "full"
+                       else {"mask_decoder"})  # fmt: skip

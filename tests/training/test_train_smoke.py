@@ -127,3 +127,13 @@ def test_global_batches_do_not_depend_on_the_number_of_ranks():
     for _ in range(13):
         next(fresh)
     assert next(resumed) == next(fresh)
+
+
+@pytest.mark.slow
+def test_bf16_amp_run_on_cpu(tmp_path, synthetic_dataset):
+    """run.amp=bf16 (the GPU AMP code path) trains on the CPU and writes a loadable model."""
+    trainer, summary = _run(_fast(tmp_path / "run", synthetic_dataset, 3) + ["run.amp=bf16"])
+    assert trainer.dtype == torch.bfloat16 and trainer.scaler is None
+    assert summary["steps"] == 3 and all(np.isfinite(summary["history"]))
+    model = build_sam(tmp_path / "run" / "checkpoints" / "step_0000003.pth", device="cpu")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
