@@ -78,6 +78,7 @@ def _checkpoint(self: Any, val: dict[str, float]) -> None:
                 "run_dir": str(self.run_dir),
                 "trainable": self.cfg.model.trainable,
                 "intensity": self.cfg.data.intensity,
+                "click_trained": self.cfg.sim.num_clicks > 0,
                 "val": val,
             }
         }

@@ -60,8 +60,9 @@ class PropagationSettings:
         click_mode: how clicks that come with a box reach the model: ``"points"`` as point
             prompts; ``"box"`` as edits of the box (a positive click outside grows it to take
             the click in, a negative click inside moves the nearest edge past it); ``"auto"``
-            uses box edits for models trained on boxes only (LiteMedSAM, whose point answers
-            are weak) and points otherwise.
+            uses box edits for models trained on boxes only (LiteMedSAM as published, whose
+            point answers are weak) and points otherwise, including LiteMedSAM checkpoints
+            fine-tuned with the click simulation of ``training/`` (their metadata says so).
         change_tol: a correction stops re-propagating where Dice(new, old) >= this.
         anisotropy_margin: the box margin is at least this times the ratio of the slice
             gap to the in-plane pixel size (needs the segmenter's ``spacing``).
@@ -245,7 +246,8 @@ class Propagator:
         if mode not in ("auto", "points", "box"):
             raise ValueError(f"click_mode={mode!r}; expected 'auto', 'points' or 'box'")
         if mode == "auto":
-            return str(getattr(self.seg.config, "name", "")).startswith("lite_medsam")
+            box_only = str(getattr(self.seg.config, "name", "")).startswith("lite_medsam")
+            return box_only and not trained_with_clicks(self.seg.model)
         return mode == "box"
 
     def margin(self) -> float:
@@ -371,6 +373,17 @@ class Propagator:
 def run(job: Iterator[Progress]) -> list[Progress]:
     """Consume a job to the end (no progress display); returns the progress events."""
     return list(job)
+
+
+def trained_with_clicks(model: object) -> bool:
+    """Whether ``model``'s checkpoint was fine-tuned with corrective clicks by ``training/``.
+
+    Its metadata carries ``training`` (written by ``training/``); ``training.click_trained``
+    is False only for runs without clicks (``sim.num_clicks: 0``).
+    """
+    meta = getattr(model, "checkpoint_metadata", None) or {}
+    training = meta.get("training")
+    return isinstance(training, dict) and bool(training.get("click_trained", True))
 
 
 def _edit_box(box: np.ndarray, points: np.ndarray, labels: np.ndarray, margin: float) -> np.ndarray:

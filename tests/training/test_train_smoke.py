@@ -56,6 +56,7 @@ def test_smoke_loss_falls_and_checkpoint_loads(tmp_path, synthetic_dataset):
     ckpt = run / "checkpoints" / "step_0000030.pth"
     model = build_sam(ckpt, device="cpu")
     assert model.checkpoint_metadata["training"]["step"] == 30
+    assert model.checkpoint_metadata["training"]["click_trained"] is True
     predictor = SamPredictor(model)
     predictor.set_image(np.random.default_rng(0).uniform(0, 255, (48, 48)).astype(np.float32))
     masks, scores, _ = predictor.predict(box=np.array([10, 10, 30, 30]))

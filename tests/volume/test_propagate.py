@@ -254,3 +254,25 @@ def test_correction_of_a_box3d_object_stays_in_its_box(tiny_model, monkeypatch):
     for p in obj.slices.values():
         ys, xs = np.nonzero(p.mask)
         assert xs.min() >= 34 and xs.max() <= 66 and ys.min() >= 14 and ys.max() <= 34
+
+
+def test_auto_click_mode_follows_click_training(tiny_model):
+    """LiteMedSAM as published gets box edits; a click-trained fine-tune of it gets points."""
+    import copy
+    from dataclasses import replace
+
+    from napari_sam_med.volume.propagate import trained_with_clicks
+
+    model = copy.deepcopy(tiny_model)
+    model.config = replace(model.config, name="lite_medsam")
+    model.checkpoint_metadata = {}
+    prop = Propagator(SliceSegmenter(model, np.zeros((3, 32, 32), np.float32)))
+    assert not trained_with_clicks(model) and prop._clicks_edit_box()
+    model.checkpoint_metadata = {"training": {"step": 30, "click_trained": True}}
+    assert trained_with_clicks(model) and not prop._clicks_edit_box()
+    model.checkpoint_metadata = {"training": {"step": 30}}  # older runs: clicks were trained
+    assert not prop._clicks_edit_box()
+    model.checkpoint_metadata = {"training": {"click_trained": False}}
+    assert prop._clicks_edit_box()
+    prop.settings = PropagationSettings(click_mode="points")
+    assert not prop._clicks_edit_box()
