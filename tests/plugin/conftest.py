@@ -67,6 +67,9 @@ def open_sam(make_napari_viewer, qtbot):
         viewer.window.add_dock_widget(widget, name="SAM-Med")
         widget.model_combo.setCurrentText(model)
         widget.device_combo.setCurrentText("cpu")
+        import torch
+
+        torch.manual_seed(0)  # the random `tiny` model is the same in every run
         widget.load_btn.click()
         qtbot.waitUntil(lambda: widget.session is not None, timeout=WORKER_TIMEOUT_MS)
         wait_idle(qtbot, widget)
