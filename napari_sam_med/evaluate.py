@@ -24,7 +24,6 @@ import csv
 import io
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import numpy as np
 
 from .export import EvalCase
 from .volume.io import check_label_matches, read_volume
+from .volume.qc import write_bytes_atomic
 from .volume.segment import resolve_preset
 from .volume.slices import SliceSegmenter
 
@@ -264,19 +264,6 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def _atomic_bytes(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
     """Write dict rows as CSV atomically (lists are joined with ``;``)."""
     buf = io.StringIO()
@@ -286,7 +273,7 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
         writer.writerow(
             {k: ";".join(f"{x:.4f}" for x in v) if isinstance(v, list) else v for k, v in r.items()}
         )
-    return _atomic_bytes(Path(path), buf.getvalue().encode())
+    return write_bytes_atomic(Path(path), buf.getvalue().encode())
 
 
 def per_object_rows(results: Sequence[ObjectResult], settings: ClickSettings) -> list[dict]:
@@ -342,4 +329,4 @@ def plot_curves(path: str | os.PathLike, curves: dict[str, Sequence[float]]) -> 
     g.text((left + pw + 10, top + 6 + 18 * len(curves)), "mean Dice", fill="black")
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    return _atomic_bytes(Path(path), buf.getvalue())
+    return write_bytes_atomic(Path(path), buf.getvalue())

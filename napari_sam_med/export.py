@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 
 from .volume.io import (
     READ_SUFFIXES,
+    case_name,  # noqa: F401  (re-exported: the plugin and CLI use it)
     check_label_matches,
     file_suffix,
     read_volume,
@@ -38,7 +38,6 @@ from .volume.io import (
     write_volume,
 )
 from .volume.qc import write_json_atomic
-from .volume.session_log import LABEL_EXTS as _LABEL_EXTS
 from .volume.session_log import labels_beside, load_session_log
 
 logger = logging.getLogger(__name__)
@@ -78,17 +77,6 @@ class ExportItem:
     log: dict[str, Any] | None = None
     image_volume: Any = None
     label_array: Any = None
-
-
-def case_name(path: str | os.PathLike) -> str:
-    """A file-system-safe case name from an image path (``CT_001.nii.gz`` -> ``CT_001``)."""
-    name = Path(path).name
-    for suffix in (*_LABEL_EXTS, ".nrrd", ".mhd", ".dcm"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")
-    return name.removesuffix("_0000") or "case"
 
 
 def item_from_session(log_path: str | os.PathLike) -> ExportItem:

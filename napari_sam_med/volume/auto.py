@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from .geometry import Volume
-from .qc import write_json_atomic
+from .io import case_name
+from .qc import write_bytes_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -64,16 +65,6 @@ def _is_image_file(path: Path) -> bool:
     if not name.endswith(VOLUME_SUFFIXES):
         return False
     return not re.search(r"_(label|labels|mask|seg|gt)(\.|_)", name)
-
-
-def case_name(path: Path) -> str:
-    """``CT_001.nii.gz`` -> ``CT_001``; a DICOM folder -> its name."""
-    name = path.name
-    for suffix in VOLUME_SUFFIXES:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "case"
 
 
 def object_table(labels: np.ndarray, volume: Volume) -> list[dict[str, Any]]:
@@ -123,19 +114,8 @@ def write_auto_qc(path: Path, volume: Volume, labels: np.ndarray, preset: str) -
         x += t.width
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
-    _write_atomic(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
     return path
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def run_auto_batch(
@@ -201,4 +181,4 @@ def _write_report(out: Path, report: list[dict[str, Any]]) -> None:
             r["case"], r["status"], len(objs), sum(o["voxels"] for o in objs),
             round(sum(o["volume_ml"] for o in objs), 3), r["seconds"], r["error"],
         ])  # fmt: skip
-    _write_atomic(out / "auto_report.csv", buf.getvalue().encode())
+    write_bytes_atomic(out / "auto_report.csv", buf.getvalue().encode())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import re
 import uuid
 import zlib
 from pathlib import Path
@@ -327,3 +328,21 @@ def _first_line(err: BaseException) -> str:
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     # ITK messages put the useful sentence last ("... : Could not create IO object ...").
     return lines[-1] if lines else type(err).__name__
+
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm")
+
+
+def case_name(path: str | os.PathLike) -> str:
+    """A file-system-safe case name from an image path (``CT_001.nii.gz`` -> ``CT_001``).
+
+    The image suffix and an nnU-Net channel suffix ``_0000`` are dropped; a DICOM folder keeps
+    its name.
+    """
+    name = Path(path).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")
+    return name.removesuffix("_0000") or "case"

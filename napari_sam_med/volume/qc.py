@@ -10,6 +10,7 @@ the prompt box/points on key slices. Tiles keep the voxels' physical aspect rati
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -37,6 +38,21 @@ def qc_paths(qc_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
     """``(png, json)`` paths of a case's QC report."""
     d = Path(qc_dir)
     return d / f"{name}_qc.png", d / f"{name}_qc.json"
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to a temporary file in ``path``'s folder (created), then rename it over."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
@@ -90,14 +106,9 @@ def write_qc(
     png, js = qc_paths(qc_dir, case.name)
     png.parent.mkdir(parents=True, exist_ok=True)
     image = render_overlay(volume, labels, objects, preset, title=case.name)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=png.parent)
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, png)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    write_bytes_atomic(png, buf.getvalue())
     trace = {
         "case": case.name,
         "image": str(case.image),
