@@ -21,25 +21,23 @@ def _gt(b: int, size: int = 128) -> torch.Tensor:
     return gt
 
 
+def _run_step(module: InteractiveStep, trainable: str, batch: int, **kwargs):
+    """One step on random images; the encoder runs inside the step only when it trains."""
+    torch.manual_seed(0)
+    images = torch.rand(batch, 3, 128, 128)
+    if trainable == "full":
+        return module(_gt(batch), torch.arange(batch), images=images, **kwargs)
+    with torch.no_grad():
+        emb = module.model.image_encoder(images).float()
+    return module(_gt(batch), torch.arange(batch), embeddings=emb, **kwargs)
+
+
 def _grads(model: torch.nn.Module, mode: str, trainable: str, scale: float = 1.0):
     model = copy.deepcopy(model)
     set_trainable(model, trainable)
     sim = dataclasses.replace(SimConfig(), pass_backward=mode)
     step = InteractiveStep(model, SamLoss(), sim, seed=3)
-    torch.manual_seed(0)
-    images = torch.rand(3, 3, 128, 128)
-    emb = None
-    if trainable != "full":
-        with torch.no_grad():
-            emb = model.image_encoder(images)
-    loss, stats = step(
-        _gt(3),
-        torch.arange(3),
-        step=4,
-        images=None if emb is not None else images,
-        embeddings=emb,
-        grad_scale=scale,
-    )
+    loss, stats = _run_step(step, trainable, batch=3, step=4, grad_scale=scale)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return float(loss.detach()), stats, grads
@@ -80,20 +78,8 @@ def test_bf16_autocast_step_on_cpu(tiny_model, trainable):
     model = copy.deepcopy(tiny_model)
     set_trainable(model, trainable)
     step = InteractiveStep(model, SamLoss(), SimConfig(), seed=1)
-    torch.manual_seed(0)
-    images = torch.rand(2, 3, 128, 128)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        emb = None
-        if trainable != "full":
-            with torch.no_grad():
-                emb = model.image_encoder(images).float()
-        loss, stats = step(
-            _gt(2),
-            torch.arange(2),
-            step=0,
-            images=None if emb is not None else images,
-            embeddings=emb,
-        )
+        loss, stats = _run_step(step, trainable, batch=2, step=0)
     loss.backward()
     assert stats["passes"] == 11 and torch.isfinite(loss)
     grads = [p.grad for p in model.parameters() if p.grad is not None]
