@@ -37,6 +37,9 @@ class DataConfig:
             (evenly spaced, away from the end caps; 0 = all). Bounds the embedding cache of
             decoder-only runs. Validation always draws from all slices.
         val_fraction / split_seed: patient-level split (written to ``split.json``).
+        split_file: a fixed split (``{"train": [case], "val": [case]}``, e.g.
+            ``training/splits/dev_v1.json``) used instead of ``val_fraction``/``split_seed``;
+            a relative path is taken from the working directory.
         val_slices_per_case: validation slices per case and label (evenly spaced).
         cache: ``memory`` (MONAI CacheDataset), ``disk`` (PersistentDataset) or ``none``.
         cache_dir: PersistentDataset folder (default ``<run_dir>/cache``).
@@ -61,6 +64,7 @@ class DataConfig:
     max_slices_per_case: int = 0
     val_fraction: float = 0.2
     split_seed: int = 0
+    split_file: str | None = None
     val_slices_per_case: int = 8
     cache: str = "memory"
     cache_dir: str | None = None

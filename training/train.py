@@ -40,7 +40,7 @@ from .data import load_volumes
 from .engine import EmbeddingStore, InteractiveStep, build_optimizer, set_trainable
 from .losses import build_loss
 from .sampling import TrainSlices, ValSlices
-from .splits import apply_split, split_by_patient, write_split
+from .splits import apply_split, read_split, split_by_patient, write_split
 from .textprompt import build_text_table
 
 logger = logging.getLogger("training")
@@ -110,7 +110,10 @@ def prepare_data(cfg: TrainConfig, model_config: Any, rank: int) -> tuple[Any, A
     """Cases -> patient split (written on rank 0) -> cached volumes -> train/val datasets."""
     run_dir = Path(cfg.run.run_dir)
     cases = find_cases(cfg.data)
-    split = split_by_patient(cases, cfg.data.val_fraction, cfg.data.split_seed)
+    if cfg.data.split_file:
+        split = read_split(cfg.data.split_file)
+    else:
+        split = split_by_patient(cases, cfg.data.val_fraction, cfg.data.split_seed)
     train_cases, val_cases = apply_split(cases, split)
     cache_dir = cfg.data.cache_dir or str(run_dir / "cache")
     train_vol = load_volumes(train_cases, cfg.data, cache_dir)
