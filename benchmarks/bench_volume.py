@@ -5,13 +5,15 @@ the Dice of
 
 * ``baseline``: the published LiteMedSAM CVPR 2024 3D procedure (middle slice from the 3D
   box's 2D box, then each next slice's box = previous mask's bounding box on the 256 grid
-  grown by 3 px, the 3D box's 2D box again when the previous mask is empty), implemented
-  here as published;
+  grown by 3 px, the 3D box's 2D box again when the previous mask is empty), as published
+  (``napari_sam_med.volume.baseline``);
 * ``ours``: ``Propagator.box3d`` with its default settings;
 * ``ours_2d``: one 2D box on the slice of largest tumour area, no z-range
   (``Propagator.key_slices``), and the stop reasons;
 * ``clicks``: ``ours`` followed by up to 5 simulated corrective clicks, each at the centre of
-  the largest 3D error region (positive in a miss, negative in a leak).
+  the largest 3D error region (positive in a miss, negative in a leak), as
+  ``napari_sam_med.bench3d.clicks.next_click`` places them (``sam-med evaluate --mode 3d``
+  is the full 3D interactive benchmark).
 
 Embeddings are cached on disk (``--cache-dir``) so that quality runs are repeatable and
 cheap; the numbers do not depend on the cache.
@@ -34,71 +36,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dev_cases import box3d_of, dev_cases, dice  # noqa: E402
 
 from napari_sam_med import build_sam  # noqa: E402
+from napari_sam_med.bench3d.clicks import next_click, start_prompt  # noqa: E402
 from napari_sam_med.preprocessing import guess_preset  # noqa: E402
+from napari_sam_med.volume.baseline import baseline_box3d  # noqa: E402
 from napari_sam_med.volume.cache import EmbeddingCache  # noqa: E402
 from napari_sam_med.volume.objects import ObjectSegmentation  # noqa: E402
 from napari_sam_med.volume.propagate import Propagator, run  # noqa: E402
 from napari_sam_med.volume.slices import SliceSegmenter  # noqa: E402
-
-
-def baseline_box3d(seg: SliceSegmenter, box3d: list[int]) -> np.ndarray:
-    """The LiteMedSAM CVPR 2024 3D procedure, as published. Returns a ``(Z, H, W)`` mask."""
-    x0, y0, z0, x1, y1, z1 = box3d
-    out = np.zeros((seg.num_slices, *seg.slice_shape), dtype=bool)
-    default = np.array([x0, y0, x1, y1], np.float32)
-    zm = (z1 - z0) // 2 + z0
-    h, w = seg.slice_shape
-    scale = seg.config.img_size / max(h, w)
-
-    def box_from(prev: np.ndarray) -> np.ndarray:
-        if not prev.any():
-            return default
-        ys, xs = np.nonzero(prev)
-        # the mask's box on the 256 grid, grown by 3 px, mapped back to slice pixels
-        b256 = np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float64) * scale
-        b256 = np.clip(b256 + np.array([-3, -3, 3, 3]), 0, seg.config.img_size - 1)
-        return (b256 / scale).astype(np.float32)
-
-    for z in range(zm, z1 + 1):
-        box = default if z == zm else box_from(out[z - 1])
-        out[z] = seg.predict(z, box=box).mask
-    for z in range(zm - 1, z0 - 1, -1):
-        out[z] = seg.predict(z, box=box_from(out[z + 1])).mask
-    return out
-
-
-def largest_area_slice(target: np.ndarray) -> int:
-    return int(np.argmax(target.reshape(target.shape[0], -1).sum(1)))
-
-
-def box2d_on(target: np.ndarray, z: int) -> list[float]:
-    ys, xs = np.nonzero(target[z])
-    return [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
-
-
-def click_at_largest_error(pred: np.ndarray, target: np.ndarray) -> tuple[int, float, float, int]:
-    """``(z, x, y, label)`` at the centre of the largest 3D error region."""
-    fn, fp = target & ~pred, pred & ~target
-    best = None
-    for err, lab in ((fn, 1), (fp, 0)):
-        cc, n = ndimage.label(err)
-        if n == 0:
-            continue
-        sizes = ndimage.sum(err, cc, index=np.arange(1, n + 1))
-        i = int(np.argmax(sizes)) + 1
-        if best is None or sizes[i - 1] > best[0]:
-            best = (sizes[i - 1], cc == i, lab)
-    _, region, lab = best
-    z = int(np.argmax(region.reshape(region.shape[0], -1).sum(1)))
-    dist = ndimage.distance_transform_edt(np.pad(region[z], 1))[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return z, float(x), float(y), lab
 
 
 def quality(args: argparse.Namespace) -> None:
@@ -120,15 +69,18 @@ def quality(args: argparse.Namespace) -> None:
         prop = Propagator(seg)
         run(prop.box3d(obj, box))
         ours = obj.to_mask(target.shape)
-        zk = largest_area_slice(target)
-        obj2 = ObjectSegmentation(1, key_prompts={zk: {"box": box2d_on(target, zk)}})
+        zk, key_prompt = start_prompt("box2d", target)
+        obj2 = ObjectSegmentation(1, key_prompts={zk: key_prompt})
         run(prop.key_slices(obj2))
         ours2d = obj2.to_mask(target.shape)
         clicks = []
         pred = ours
         for _ in range(args.clicks):
-            z, x, y, lab = click_at_largest_error(pred, target)
-            run(prop.correct(obj, z, points=np.array([[x, y]]), labels=np.array([lab])))
+            c = next_click(pred, target)
+            if c is None:
+                clicks.append(dice(pred, target))
+                continue
+            run(prop.correct(obj, c.z, points=np.array([[c.x, c.y]]), labels=np.array([c.label])))
             pred = obj.to_mask(target.shape)
             clicks.append(dice(pred, target))
         row = (

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_sam_med.bench3d.clicks import box3d_of  # noqa: F401 - re-exported for benchmarks
 from napari_sam_med.volume.io import read_volume
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -58,19 +59,6 @@ def dev_cases(root: Path = SHARED) -> list[DevCase]:
         )
     )
     return [c for c in cases if c.image.exists() and c.label.exists()]
-
-
-def box3d_of(target: np.ndarray) -> list[int]:
-    """Inclusive ``[x0, y0, z0, x1, y1, z1]`` of a ``(z, y, x)`` mask."""
-    zs, ys, xs = np.nonzero(target)
-    return [
-        int(xs.min()),
-        int(ys.min()),
-        int(zs.min()),
-        int(xs.max()),
-        int(ys.max()),
-        int(zs.max()),
-    ]
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -3,6 +3,7 @@
 Commands::
 
     sam-med evaluate DATASET --models lite_medsam my_finetune.pt --out-dir eval/
+    sam-med evaluate DATA --mode 3d --models lite_medsam my.pt --split S.json --out-dir OUT
     sam-med export --out-dir DS --pair IMG LABEL [--pair ...] | --session SESSION.json ...
     sam-med replay SESSION.json [--image IMG] --checkpoint my_finetune.pt --out DIR
 
@@ -36,6 +37,9 @@ def add_commands(sub, common: argparse.ArgumentParser, model: argparse.ArgumentP
                    help="1 = largest-area slice; more = spread over the object")  # fmt: skip
     e.add_argument("--no-mask-input", action="store_true",
                    help="do not pass the previous logits as mask prompt")  # fmt: skip
+    from .bench3d.cli import add_arguments as add_3d_arguments
+
+    add_3d_arguments(e)  # --mode 3d: the 3D interactive benchmark
     e.set_defaults(func=cmd_evaluate)
 
     x = sub.add_parser("export", parents=[common], help="write an MSD-style training set")
@@ -89,6 +93,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     names = [_model_name(s) for s in specs]
     if len(set(names)) != len(names):
         names = [f"{i + 1}:{n}" for i, n in enumerate(names)]
+    if args.mode == "3d":
+        from .bench3d.cli import cmd_evaluate3d
+
+        return cmd_evaluate3d(args, specs, names)
     settings = ClickSettings(
         max_clicks=args.max_clicks,
         slices_per_object=args.slices_per_object,

@@ -296,7 +296,11 @@ def per_object_rows(results: Sequence[ObjectResult], settings: ClickSettings) ->
 _COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14))
 
 
-def plot_curves(path: str | os.PathLike, curves: dict[str, Sequence[float]]) -> Path:
+def plot_curves(
+    path: str | os.PathLike,
+    curves: dict[str, Sequence[float]],
+    xlabel: str = "clicks after the box",
+) -> Path:
     """PNG of mean Dice (y, 0..1) against clicks after the box (x), one line per model."""
     from PIL import Image, ImageDraw
 
@@ -316,7 +320,7 @@ def plot_curves(path: str | os.PathLike, curves: dict[str, Sequence[float]]) -> 
     for k in range(0, n, max(1, n // 10)):
         g.text((xy(k, 0)[0] - 3, top + ph + 6), str(k), fill="black")
     g.rectangle([left, top, left + pw, top + ph], outline="black")
-    g.text((left + pw // 2 - 60, h - 16), "clicks after the box", fill="black")
+    g.text((left + pw // 2 - 3 * len(xlabel), h - 16), xlabel, fill="black")
     for i, (name, curve) in enumerate(curves.items()):
         col = _COLOURS[i % len(_COLOURS)]
         pts = [xy(k, float(d)) for k, d in enumerate(curve)]

@@ -1,7 +1,10 @@
 """Per-slice image-embedding cache: lazy, in memory with a size cap, and on disk.
 
-Keys combine the volume's content hash, the model id and weights hash, the intensity
-preset (and its value range), the slicing axis and the slice index. On disk every slice is
+Keys combine the volume's content hash, the image encoder's id (its configuration, the input
+normalisation and its weights, see :func:`encoder_weights_id`: models that share an encoder,
+such as LiteMedSAM and checkpoints fine-tuned with a frozen encoder, share embeddings), the
+intensity preset (and its value range), the slicing axis and the slice index. (Entries written
+under the older whole-model key are simply never looked up again.) On disk every slice is
 its own ``.npz`` (float16, zip CRC-checked), written atomically; an entry that fails to
 load, has the wrong shape or holds non-finite values is recomputed, never trusted.
 
@@ -19,6 +22,7 @@ import tempfile
 import threading
 import zipfile
 from collections import OrderedDict
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 _WEIGHTS_HASHES: dict[tuple, str] = {}
+_ENCODER_HASHES: dict[tuple, str] = {}
 
 
 def default_cache_dir() -> Path:
@@ -74,6 +79,61 @@ def model_weights_id(model: Any) -> str:
         h.update(v.detach().float().cpu().numpy().tobytes()[:4096])
         h.update(str(float(v.float().sum())).encode())
     return f"{name}-{norm}-rand{h.hexdigest()}"
+
+
+def encoder_weights_id(model: Any) -> str:
+    """A stable id of what a slice embedding depends on: the image encoder's configuration
+    and weights and the input normalisation, not the prompt encoder or the mask decoder.
+
+    The weights hash is memoised per checkpoint file (path, size and mtime), as in
+    :func:`model_weights_id`; a model without a file is hashed each time.
+    """
+    cfg = getattr(model, "config", None)
+    arch = json.dumps(
+        {
+            "encoder": getattr(cfg, "encoder", type(model.image_encoder).__name__),
+            "settings": _encoder_settings(cfg),
+            "img_size": getattr(cfg, "img_size", None),
+            "normalization": getattr(cfg, "normalization", ""),
+            "pixel_mean": list(getattr(cfg, "pixel_mean", ())),
+            "pixel_std": list(getattr(cfg, "pixel_std", ())),
+        },
+        sort_keys=True,
+        default=list,
+    )
+    path = getattr(model, "checkpoint_path", None)
+    key = None
+    if path and os.path.isfile(path):
+        st = os.stat(path)
+        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    weights = _ENCODER_HASHES.get(key) if key is not None else None
+    if weights is None:
+        weights = _state_dict_hash(model.image_encoder)
+        if key is not None:
+            _ENCODER_HASHES[key] = weights
+    h = hashlib.blake2b(digest_size=12)
+    h.update(arch.encode())
+    h.update(weights.encode())
+    return f"enc-{getattr(cfg, 'encoder', 'model')}-{h.hexdigest()}"
+
+
+def _encoder_settings(cfg: Any) -> Any:
+    enc = getattr(cfg, "encoder", None)
+    sub = getattr(cfg, "vit" if enc == "vit" else "tiny_vit", None)
+    return asdict(sub) if is_dataclass(sub) else None
+
+
+def _state_dict_hash(module: torch.nn.Module) -> str:
+    """Hash of every parameter and buffer of ``module`` (names, dtypes, shapes, bytes); BatchNorm
+    step counters are left out (they never change an output)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, value in sorted(module.state_dict().items()):
+        if name.endswith("num_batches_tracked"):
+            continue
+        t = value.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(value.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 class EmbeddingCache:

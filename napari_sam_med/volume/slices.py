@@ -24,7 +24,7 @@ from ..preprocessing import (
     intensity_range,
     prepare_image,
 )
-from .cache import EmbeddingCache, array_hash, model_weights_id
+from .cache import EmbeddingCache, array_hash, encoder_weights_id
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class SliceSegmenter:
         self.cache = cache if cache is not None else EmbeddingCache(None)
         self.volume_hash = array_hash(arr)
         self.cache_key = EmbeddingCache.volume_key(
-            self.volume_hash, model_weights_id(model), self.preset, self.value_range, axis
+            self.volume_hash, encoder_weights_id(model), self.preset, self.value_range, axis
         )
         self.predictor = SamPredictor(model)
         self.encoder_calls = 0

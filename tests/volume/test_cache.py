@@ -92,3 +92,43 @@ def test_default_cache_dir_honours_env(monkeypatch, tmp_path):
     monkeypatch.delenv("NAPARI_SAM_MED_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert default_cache_dir() == tmp_path / "x" / "napari-sam-med"
+
+
+def test_models_sharing_an_encoder_share_embeddings(volume, tmp_path):
+    """A checkpoint that changes only the decoder (a frozen-encoder fine-tune) reuses the
+    embeddings of its base model, from memory and from disk; a changed encoder weight, another
+    normalisation or another architecture does not."""
+    from napari_sam_med.build import build_sam, save_checkpoint
+    from napari_sam_med.volume.cache import encoder_weights_id
+
+    torch.manual_seed(0)
+    base = build_sam("tiny", device="cpu")
+    tuned = build_sam("tiny", device="cpu")
+    tuned.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        for p in tuned.mask_decoder.parameters():
+            p.add_(0.1)
+    path = save_checkpoint(tuned, tmp_path / "tuned.pt")
+    from_file = build_sam(str(path), device="cpu")
+    assert encoder_weights_id(base) == encoder_weights_id(tuned) == encoder_weights_id(from_file)
+
+    cache = EmbeddingCache(tmp_path / "cache")
+    first = SliceSegmenter(base, volume, "ct_soft_tissue", cache)
+    first.predict(3, box=np.array([5, 5, 30, 30]))
+    second = SliceSegmenter(from_file, volume, "ct_soft_tissue", cache)
+    assert second.cache_key == first.cache_key
+    second.predict(3, box=np.array([5, 5, 30, 30]))
+    assert (first.encoder_calls, second.encoder_calls) == (1, 0)
+    cold = SliceSegmenter(from_file, volume, "ct_soft_tissue", EmbeddingCache(tmp_path / "cache"))
+    cold.embedding(3)
+    assert cold.encoder_calls == 0 and cold.cache.disk_hits == 1
+
+    other = build_sam("tiny", device="cpu")
+    other.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        next(other.image_encoder.parameters()).add_(1e-3)
+    assert encoder_weights_id(other) != encoder_weights_id(base)
+    minmax = build_sam("tiny", device="cpu", preprocessing="sam")
+    minmax.load_state_dict(base.state_dict())  # same weights, SAM mean/std input
+    assert minmax.config.normalization != base.config.normalization
+    assert encoder_weights_id(minmax) != encoder_weights_id(base)
