@@ -156,7 +156,7 @@ def cmd_evaluate3d(args: argparse.Namespace, specs: list[str], names: list[str])
         "settings": settings.to_dict(),
     }
     folder = RunFolder(args.out_dir, header, args.resume, args.overwrite)
-    cache = EmbeddingCache(args.cache_dir)
+    cache = EmbeddingCache(args.cache_dir, memory_bytes=2 * 2**30)  # a whole case stays float32
     _run_all(cases, models, settings, cache, folder, args.no_progress)
     return _report(folder, settings, device)
 
@@ -167,21 +167,26 @@ def _run_all(cases, models, settings, cache, folder, quiet: bool) -> None:
     from .report import write_reports
     from .runner import run_case
 
-    total = sum(len(m.starts(settings)) for m in models) * len(cases)
+    keys = {(m.name, c.name, s) for c in cases for m in models for s in m.starts(settings)}
     done = folder.done()
-    bar = tqdm(total=total, initial=len(done), unit="run", disable=quiet)
+    bar = tqdm(total=len(keys), initial=len(keys & done), unit="run", disable=quiet)
+    where = {"case": "", "slices": 0}
 
     def on_record(rec: dict[str, Any]) -> None:
         folder.append(rec)
-        bar.set_postfix_str(f"{rec['case']} {rec['model']} {rec['start']}")
         bar.update(1)
         if rec.get("error"):
             tqdm.write(f"FAILED {rec['model']} {rec['case']} {rec['start']}: {rec['error']}",
                        file=sys.stderr)  # fmt: skip
 
+    def on_slice(event: Any) -> None:
+        where["slices"] += 1
+        bar.set_postfix_str(f"{where['case']} slice {event.z} ({where['slices']} decoded)")
+
     for case in cases:
+        where.update(case=case.name, slices=0)
         bar.set_postfix_str(case.name)
-        run_case(case, models, settings, cache, done, on_record)
+        run_case(case, models, settings, cache, done, on_record, on_slice)
         write_reports(folder.out, folder.header, folder.records, settings.clicks)
         cache.clear_memory()  # a case's embeddings are not needed by the next one
     bar.close()

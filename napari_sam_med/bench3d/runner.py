@@ -27,7 +27,7 @@ from ..export import EvalCase
 from ..volume.baseline import baseline_box3d
 from ..volume.io import check_label_matches, read_volume
 from ..volume.objects import ObjectSegmentation
-from ..volume.propagate import PropagationSettings, Propagator, run
+from ..volume.propagate import Progress, PropagationSettings, Propagator
 from ..volume.segment import resolve_preset
 from ..volume.slices import SliceSegmenter
 from .cases import modality_of
@@ -140,7 +140,11 @@ class _Scorer:
 
 
 def simulate(
-    seg: SliceSegmenter, subject: Subject, start: str, settings: BenchSettings
+    seg: SliceSegmenter,
+    subject: Subject,
+    start: str,
+    settings: BenchSettings,
+    on_slice: Callable[[Progress], None] | None = None,
 ) -> dict[str, list]:
     """One start and ``settings.clicks`` corrective clicks on one case with one model.
 
@@ -155,8 +159,10 @@ def simulate(
     obj = ObjectSegmentation(1)
     scorer = _Scorer(seg, subject, settings.tolerance_mm)
 
-    def finish(job: Iterable) -> np.ndarray:
-        run(job)
+    def finish(job: Iterable[Progress]) -> np.ndarray:
+        for event in job:
+            if on_slice is not None:
+                on_slice(event)
         return obj.to_mask(gt.shape)
 
     z, prompt = start_prompt(start, gt, rng, sampling)
@@ -209,6 +215,7 @@ def run_case(
     cache: Any,
     done: set[tuple[str, str, str]] | frozenset = frozenset(),
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    on_slice: Callable[[Progress], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Every (model, start) of one case not in ``done`` (``(model, case, start)`` keys).
 
@@ -248,7 +255,7 @@ def run_case(
             rec = (
                 simulate_baseline(seg, subject, settings)
                 if m.baseline
-                else simulate(seg, subject, start, settings)
+                else simulate(seg, subject, start, settings, on_slice)
             )
             emit(_record(m, case, subject, start, rec, None))
         except (ValueError, RuntimeError) as err:
