@@ -37,7 +37,13 @@ from .checkpoint import (
 )
 from .config import TrainConfig, load_config, normalise_flags, save_config
 from .data import load_volumes
-from .engine import EmbeddingStore, InteractiveStep, build_optimizer, set_trainable
+from .engine import (
+    EmbeddingStore,
+    InteractiveStep,
+    build_optimizer,
+    encoder_fingerprint,
+    set_trainable,
+)
 from .losses import build_loss
 from .sampling import TrainSlices, ValSlices
 from .splits import apply_split, read_split, split_by_patient, write_split
@@ -171,7 +177,11 @@ class Trainer:
         self.scaler = (
             torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
         )
-        self.store = EmbeddingStore() if _uses_cache(cfg) else None
+        self.store = None
+        if _uses_cache(cfg):
+            d = cfg.data
+            space = encoder_fingerprint(self.model, d.intensity, d.path, d.spacing, d.axis)
+            self.store = EmbeddingStore(directory=cfg.model.embedding_cache_dir, namespace=space)
         self.step, self.best, self.history = 0, -1.0, []
         self.writer = None
 
@@ -225,6 +235,7 @@ class Trainer:
                     embeddings=emb,
                     grad_scale=self.scaler.get_scale() if self.scaler else 1.0,
                     text=text,
+                    prompt_box=batch.get("prompt_box"),
                 )
             scaled = loss / self.cfg.optim.accumulation
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
