@@ -33,6 +33,17 @@ def _ours(out: Path) -> list[Path]:
     return [f for f in files if f.exists()] + sorted(out.glob(PLOT_GLOB))
 
 
+def _covers(new: Any, old: Any, where: str) -> bool:
+    """Whether ``new`` equals ``old``, except that dicts in ``new`` may hold keys ``old`` does
+    not (a setting added to the code since the run began; logged)."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        added = sorted(set(new) - set(old))
+        if added:
+            logger.warning("resuming: %s has new entries since the run began: %s", where, added)
+        return set(old) <= set(new) and all(_covers(new[k], old[k], k) for k in old)
+    return new == old
+
+
 def record_key(rec: dict[str, Any]) -> tuple[str, str, str]:
     """``(model, case, start)`` of a record."""
     return str(rec["model"]), str(rec["case"]), str(rec["start"])
@@ -82,7 +93,7 @@ class RunFolder:
             old = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"{path}: cannot read the earlier run's header ({err})") from err
-        differ = [k for k in _MUST_MATCH if old.get(k) != self.header.get(k)]
+        differ = [k for k in _MUST_MATCH if not _covers(self.header.get(k), old.get(k), k)]
         if differ:
             raise ValueError(
                 f"{path}: cannot resume, the run differs in {', '.join(differ)} (earlier "

@@ -143,3 +143,17 @@ def test_case_tables_splits_and_engine_overrides(tmp_path) -> None:
         parse_engine_overrides(["margin=3"])
     with pytest.raises(ValueError, match="min_area=x: expected a int"):
         parse_engine_overrides(["min_area=x"])
+
+
+def test_run_folder_resume_allows_settings_added_to_the_engine_later(tmp_path) -> None:
+    from napari_sam_med.bench3d.store import RunFolder
+
+    def header(**engine):
+        return {"models": [{"name": "m"}], "settings": {"clicks": 5, "engine": engine}}
+
+    RunFolder(tmp_path, header(box_margin=3.0), resume=False, overwrite=False)
+    RunFolder(tmp_path, header(box_margin=3.0, new_rule=None), resume=True, overwrite=False)
+    with pytest.raises(ValueError, match="differs in settings"):
+        RunFolder(tmp_path, header(box_margin=4.0), resume=True, overwrite=False)
+    with pytest.raises(ValueError, match="exclude each other"):
+        RunFolder(tmp_path, header(box_margin=3.0), resume=True, overwrite=True)
