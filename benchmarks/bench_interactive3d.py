@@ -41,7 +41,17 @@ def reference_dice(path: Path) -> dict[str, float]:
     return out
 
 
-def print_tables(run: Path) -> None:
+def markdown(rows: list[dict], steps: int) -> str:
+    """The summary rows as a Markdown table (Dice per step, NSD at the start and the end)."""
+    keys = ["model", "start", "group", "n", *(f"dice_{k}" for k in range(steps + 1))]
+    keys += list(dict.fromkeys(["nsd_0", f"nsd_{steps}", "dice_auc", "s_start", "s_click"]))
+    cell = lambda v: "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+    out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    out += ["| " + " | ".join(cell(r.get(k)) for k in keys) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def print_tables(run: Path, as_markdown: bool = False) -> None:
     lines = (run / "cases.jsonl").read_text().splitlines() if (run / "cases.jsonl").exists() else []
     records = []
     for line in lines:
@@ -53,7 +63,8 @@ def print_tables(run: Path) -> None:
     records = list(latest.values())
     steps = max((len(r.get("dice", [])) for r in records), default=1) - 1
     print(f"{run}: {len({r['case'] for r in records})} cases, {len(records)} runs\n")
-    print(format_table(summarise(records, steps), steps))
+    rows = summarise(records, steps)
+    print(markdown(rows, steps) if as_markdown else format_table(rows, steps))
     print("\nper case: Dice after each step")
     for r in sorted(records, key=lambda r: (r["case"], r["model"], r["start"])):
         curve = " ".join(f"{d:.3f}" for d in r.get("dice", [])) or r.get("error", "")
@@ -74,6 +85,7 @@ def main() -> int:
     p.add_argument("--out-dir", type=Path, default=Path("runs/bench3d"), help="run folder")
     p.add_argument("--models", nargs="+", default=["lite_medsam"])
     p.add_argument("--group", default="val", choices=("train", "val"))
+    p.add_argument("--markdown", action="store_true", help="print the summary as Markdown")
     args, rest = p.parse_known_args()
     if args.from_run is None:
         if not REFERENCE.parent.is_dir():
@@ -84,7 +96,7 @@ def main() -> int:
         code = sam_med(argv)
         if code == 2:
             return code
-    print_tables(args.from_run or args.out_dir)
+    print_tables(args.from_run or args.out_dir, args.markdown)
     return 0
 
 
