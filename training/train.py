@@ -182,6 +182,9 @@ class Trainer:
             d = cfg.data
             space = encoder_fingerprint(self.model, d.intensity, d.path, d.spacing, d.axis)
             self.store = EmbeddingStore(directory=cfg.model.embedding_cache_dir, namespace=space)
+            fuse = getattr(self.model.image_encoder, "fuse_for_inference", None)
+            if callable(fuse):  # the frozen encoder only embeds: use its fast eval path
+                fuse()
         self.step, self.best, self.history = 0, -1.0, []
         self.writer = None
 
