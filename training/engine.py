@@ -247,8 +247,11 @@ class EmbeddingStore:
         self.misses += len(todo)
         fresh: dict[int, torch.Tensor] = {}
         if todo:
+            was_training = encoder.training
+            encoder.eval()  # frozen: eval mode takes the fused inference path where there is one
             with autocast:
                 new = encoder(images[todo]).float()
+            encoder.train(was_training)
             fresh = {i: e.half().float() for i, e in zip(todo, new, strict=True)}
             for i, e in fresh.items():
                 self._keep(keys[i], e)

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..evaluate import _fmt, plot_curves, write_csv
+from ..evaluate import _fmt, write_csv
+from ..plots import line_plot
 from ..volume.qc import write_json_atomic
 from .clicks import STARTS
 from .metrics import auc
@@ -137,5 +138,6 @@ def write_reports(
         lines = curves(rows, start, steps)
         if lines:
             png = out / f"dice_vs_clicks_{start}.png"
-            written.append(plot_curves(png, lines, xlabel=f"clicks after the {start} start"))
+            series = {name: (list(range(len(c))), c) for name, c in lines.items()}
+            written.append(line_plot(png, series, f"clicks after the {start} start", "mean Dice"))
     return written
