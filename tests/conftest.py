@@ -40,3 +40,16 @@ def tiny_model():
 
     torch.manual_seed(0)
     return build_sam("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """A real Orthanc PACS with DICOMweb on a free loopback port (skips when not installed)."""
+    from orthanc_server import orthanc_missing, start_orthanc
+
+    why = orthanc_missing()
+    if why:
+        pytest.skip(why)
+    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    yield server
+    server.stop()

@@ -1,0 +1,91 @@
+"""Which file a case's label map becomes: NIfTI/NRRD/MHA by suffix, or DICOM SEG / RTSTRUCT.
+
+A case (manifest ``"format"``, CLI ``--format``) may ask for ``"seg"`` or ``"rtstruct"``; its
+output must then end in ``.dcm`` and its image must be a DICOM series. Without a format the
+output's suffix decides, as before. :func:`write_case_labels` is the one writer the batch
+runner calls.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import WRITE_SUFFIXES, file_suffix, write_labels
+
+DICOM_FORMATS = ("seg", "rtstruct")
+FORMATS = ("nifti", "nrrd", "mha", *DICOM_FORMATS)  # the first three just follow the suffix
+_DEFAULT_NAME = {"seg": "_seg.dcm", "rtstruct": "_rtstruct.dcm"}
+
+
+def output_problem(fmt: str | None, output: Path) -> str | None:
+    """What is wrong with ``fmt``/``output`` as "expected ..." text, or None when fine."""
+    if fmt is not None and fmt not in FORMATS:
+        return f"format one of {FORMATS}, got {fmt!r}"
+    if fmt in DICOM_FORMATS:
+        return None if file_suffix(output) == ".dcm" else f"a .dcm file for format {fmt!r}"
+    if file_suffix(output) not in WRITE_SUFFIXES:
+        return f"a file ending in {WRITE_SUFFIXES} (or .dcm with format 'seg'/'rtstruct')"
+    return None
+
+
+def default_output_name(stem: str, fmt: str | None) -> str:
+    """``<stem>_seg.nii.gz``, or ``<stem>_seg.dcm`` / ``<stem>_rtstruct.dcm`` for DICOM."""
+    return stem + _DEFAULT_NAME.get(fmt or "", "_seg.nii.gz")
+
+
+def write_case_labels(
+    labels: np.ndarray,
+    volume: Any,
+    output: str | os.PathLike,
+    fmt: str | None = None,
+    objects: list[Any] | None = None,
+    model: Any = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a case's labels as ``fmt`` (DICOM SEG / RTSTRUCT) or by the output's suffix.
+
+    Args:
+        labels: ``(z, y, x)`` label map on ``volume``'s grid.
+        volume: the segmented image (a DICOM series for ``"seg"``/``"rtstruct"``).
+        output: the target file.
+        fmt: ``"seg"``, ``"rtstruct"`` or None (suffix decides).
+        objects: the objects (``label`` and ``name`` attributes) naming the segments.
+        model: the model, recorded in the DICOM object's algorithm identification.
+        overwrite: replace an existing DICOM output (NIfTI/NRRD/MHA keep their old rule).
+
+    Raises:
+        VolumeError: see :func:`~napari_sam_med.volume.dicom_seg.write_seg`.
+    """
+    if fmt not in DICOM_FORMATS:
+        return write_labels(labels, volume, output)
+    from .dicom_seg import algorithm_for, default_segments, write_seg
+    from .rtstruct_out import write_rtstruct
+
+    names = {int(o.label): str(o.name) for o in objects or []}
+    segments = default_segments(labels, names)  # named objects left empty are refused
+    algo = algorithm_for(model) if model is not None else None
+    writer = write_seg if fmt == "seg" else write_rtstruct
+    return writer(labels, volume, output, segments, algo, overwrite)
+
+
+def check_case_output(
+    volume: Any, fmt: str | None, output: str | os.PathLike, overwrite: bool = False
+) -> None:
+    """Refuse, before any segmenting, a DICOM format on a non-DICOM image or an existing
+    DICOM output that may not be replaced.
+
+    Raises:
+        VolumeError: the message says what to use instead.
+    """
+    if fmt not in DICOM_FORMATS:
+        return
+    from .dicom_source import require_dicom_source
+    from .geometry import VolumeError
+
+    require_dicom_source(volume, "DICOM SEG" if fmt == "seg" else "RTSTRUCT")
+    if Path(output).exists() and not overwrite:
+        raise VolumeError(f"{output}: already exists; pass --overwrite (overwrite=True) to replace it")
