@@ -83,9 +83,44 @@ def check_case_output(
     """
     if fmt not in DICOM_FORMATS:
         return
-    from .dicom_source import require_dicom_source
-    from .geometry import VolumeError
+    from .dicom_source import refuse_existing, require_dicom_source
 
     require_dicom_source(volume, "DICOM SEG" if fmt == "seg" else "RTSTRUCT")
-    if Path(output).exists() and not overwrite:
-        raise VolumeError(f"{output}: already exists; pass --overwrite (overwrite=True) to replace it")
+    refuse_existing(output, overwrite)
+
+
+def seg_to_rtstruct(
+    seg_path: str | os.PathLike, image: str | os.PathLike, output: str | os.PathLike,
+    overwrite: bool = False,
+) -> Path:  # fmt: skip
+    """Write the RTSTRUCT of a DICOM SEG we wrote (same objects, names and colours).
+
+    Args:
+        seg_path: the SEG file.
+        image: the DICOM series folder it references.
+        output: the RTSTRUCT ``.dcm`` to write.
+        overwrite: replace an existing file.
+    """
+    import pydicom
+
+    from .dicom_seg import AlgorithmInfo, SegmentInfo, read_seg
+    from .io import read_volume
+    from .rtstruct_out import write_rtstruct
+
+    header = pydicom.dcmread(str(seg_path), stop_before_pixels=True)
+    source_uid = str(header.ReferencedSeriesSequence[0].SeriesInstanceUID)
+    volume = read_volume(image, series_uid=source_uid)
+    seg = read_seg(seg_path, volume)
+    segments = [SegmentInfo(v, seg.names[v], seg.colors.get(v, (230, 25, 75))) for v in seg.names]
+    algo = AlgorithmInfo(str(getattr(header, "ManufacturerModelName", "unknown")),
+                         _seg_checksum(header), str(getattr(header, "SoftwareVersions", "")))
+    return write_rtstruct(seg.labels, volume, output, segments, algo, overwrite)
+
+
+def _seg_checksum(header: Any) -> str:
+    try:
+        ident = header.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+        pairs = (kv.split("=", 1) for kv in str(ident.AlgorithmParameters).split(","))
+        return dict(p for p in pairs if len(p) == 2).get("model_checksum", "unknown")
+    except (AttributeError, IndexError):
+        return "unknown"

@@ -27,7 +27,13 @@ from typing import Any
 import numpy as np
 
 from .dicom import DICOM_INSTALL_HINT
-from .dicom_source import content_uid, import_pydicom, source_datasets, write_dataset_atomic
+from .dicom_source import (
+    content_uid,
+    import_pydicom,
+    refuse_existing,
+    source_datasets,
+    write_dataset_atomic,
+)
 from .geometry import Volume, VolumeError, world_to_index
 
 logger = logging.getLogger(__name__)
@@ -150,8 +156,7 @@ def write_seg(
     labels = _checked_labels(labels, source, path)
     segments = list(segments) if segments is not None else default_segments(labels)
     check_segments(labels, segments, str(path))
-    if path.exists() and not overwrite:
-        raise VolumeError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
+    refuse_existing(path, overwrite)
     datasets = source_datasets(source, "DICOM SEG")
     seg = build_seg(labels, datasets, segments, algorithm or AlgorithmInfo())
     return write_dataset_atomic(seg, path, overwrite)
@@ -318,8 +323,10 @@ def _segment_table(ds: Any) -> tuple[dict[int, int], SegLabels]:
 
 
 def _frame_segment(ds: Any, i: int) -> int:
-    return int(ds.PerFrameFunctionalGroupsSequence[i].SegmentIdentificationSequence[0]
-               .ReferencedSegmentNumber)  # fmt: skip
+    group = ds.PerFrameFunctionalGroupsSequence[i]
+    if "SegmentIdentificationSequence" not in group:  # one segment: in the shared groups
+        group = ds.SharedFunctionalGroupsSequence[0]
+    return int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
 
 
 def _frame_slices(ds: Any, reference: Volume, path: Path) -> list[int]:

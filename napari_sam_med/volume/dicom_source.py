@@ -11,6 +11,7 @@ file in the same folder, then one rename; never over an existing file unless ask
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import uuid
@@ -160,8 +161,7 @@ def write_dataset_atomic(ds: Any, path: str | os.PathLike, overwrite: bool = Fal
             the write fails (nothing is left behind).
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise VolumeError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
+    refuse_existing(path, overwrite)
     if not path.parent.is_dir():
         raise VolumeError(f"{path}: folder {path.parent} does not exist")
     tmp = path.parent / f".tmp-{uuid.uuid4().hex[:12]}.dcm"
@@ -177,10 +177,19 @@ def write_dataset_atomic(ds: Any, path: str | os.PathLike, overwrite: bool = Fal
     return path
 
 
+def refuse_existing(path: str | os.PathLike, overwrite: bool) -> None:
+    """VolumeError when ``path`` exists and may not be replaced."""
+    if Path(path).exists() and not overwrite:
+        raise VolumeError(
+            f"{path}: already exists; pass --overwrite (overwrite=True) to replace it"
+        )
+
+
 def content_uid(*parts: bytes | str) -> str:
-    """A UID derived from content (``2.25.<hash>``): the same inputs give the same UID, so
-    storing the same object twice on a PACS does not create a duplicate."""
-    pydicom = import_pydicom()
-    return pydicom.uid.generate_uid(
-        prefix=None, entropy_srcs=[p if isinstance(p, str) else p.hex() for p in parts]
-    )
+    """A UID derived from content (``2.25.<128-bit hash>``): the same inputs give the same UID,
+    so storing the same object twice on a PACS does not create a duplicate."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode() if isinstance(p, str) else p)
+        h.update(b"\x00")
+    return "2.25." + str(int(h.hexdigest()[:32], 16))

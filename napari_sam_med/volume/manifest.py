@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .geometry import Volume, world_to_index
 from .dicom_out import default_output_name, output_problem
+from .geometry import Volume, world_to_index
 from .io import file_suffix
 
 SPACES = ("voxel", "world")

@@ -113,7 +113,9 @@ def load_pacs_config(
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
-            raise PacsError(f"PACS config {path}: cannot be read as JSON ({type(err).__name__})")
+            raise PacsError(
+                f"PACS config {path}: cannot be read as JSON ({type(err).__name__})"
+            ) from None
         if not isinstance(data, dict):
             raise PacsError(f"PACS config {path}: expected a JSON object")
     url = url or env.get(ENV_URL) or data.get("url")

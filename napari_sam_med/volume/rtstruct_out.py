@@ -33,8 +33,14 @@ from .dicom_seg import (
     check_segments,
     default_segments,
 )
-from .dicom_source import content_uid, import_pydicom, source_datasets, write_dataset_atomic
-from .geometry import Volume, VolumeError, index_to_world
+from .dicom_source import (
+    content_uid,
+    import_pydicom,
+    refuse_existing,
+    source_datasets,
+    write_dataset_atomic,
+)
+from .geometry import Volume, index_to_world
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +103,7 @@ def write_rtstruct(
     labels = _checked_labels(labels, source, path)
     segments = list(segments) if segments is not None else default_segments(labels)
     check_segments(labels, segments, str(path))
-    if path.exists() and not overwrite:
-        raise VolumeError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
+    refuse_existing(path, overwrite)
     datasets = source_datasets(source, "RTSTRUCT")
     ds = build_rtstruct(labels, source, datasets, segments, algorithm or AlgorithmInfo())
     return write_dataset_atomic(ds, path, overwrite)

@@ -27,8 +27,8 @@ import numpy as np
 
 from ..preprocessing import guess_preset
 from .cache import EmbeddingCache, model_weights_id
-from .geometry import Volume
 from .dicom_out import check_case_output, write_case_labels
+from .geometry import Volume
 from .io import read_volume
 from .manifest import CaseSpec, VoxelPrompt, file_stem, object_prompts
 from .objects import ObjectSegmentation, compose_labels
