@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 ENV_URL, ENV_TOKEN = "SAM_MED_PACS_URL", "SAM_MED_PACS_TOKEN"
 ENV_USER, ENV_PASSWORD = "SAM_MED_PACS_USER", "SAM_MED_PACS_PASSWORD"
 ENV_CONFIG = "SAM_MED_PACS_CONFIG"
-_RETRY_STATUS = (429, 500, 502, 503, 504)
+_RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 
 
 class PacsError(OSError):
@@ -121,10 +121,12 @@ def load_pacs_config(
     url = url or env.get(ENV_URL) or data.get("url")
     if not url:
         raise PacsError(f"no PACS URL: pass --url, set {ENV_URL} or give a config file with 'url'")
+    parts = urlsplit(str(url))  # user:password@ in the URL moves to the credentials
+    url_user, url_password = parts.username, parts.password
     token = env.get(ENV_TOKEN) or env.get(data.get("token_env", "") or "") or data.get("token")
-    user = env.get(ENV_USER) or data.get("username")
+    user = env.get(ENV_USER) or data.get("username") or url_user
     password = (env.get(ENV_PASSWORD) or env.get(data.get("password_env", "") or "")
-                or data.get("password"))  # fmt: skip
+                or data.get("password") or url_password)  # fmt: skip
     verify = data.get("ca_bundle") or data.get("verify", True)
     try:
         timeout, retries = float(data.get("timeout", 30)), int(data.get("retries", 3))
@@ -133,8 +135,8 @@ def load_pacs_config(
         raise PacsError(f"PACS config {path}: timeout/retries/backoff must be numbers") from None
     if not 0 <= retries <= 10 or timeout <= 0:
         raise PacsError(f"PACS config {path}: retries must be 0..10 and timeout > 0")
-    return PacsConfig(str(url).rstrip("/"), token, user, password, verify, timeout, retries,
-                      backoff)  # fmt: skip
+    url = redact_url(str(url)).rstrip("/")
+    return PacsConfig(url, token, user, password, verify, timeout, retries, backoff)
 
 
 def _import_client() -> Any:
@@ -146,20 +148,11 @@ def _import_client() -> Any:
 
 
 def make_session(config: PacsConfig) -> Any:
-    """A requests session with the auth, TLS setting and retry/back-off policy of ``config``."""
+    """A requests session with the auth and TLS setting of ``config`` (retries are done by
+    dicomweb-client, see :class:`Pacs`)."""
     import requests
-    from requests.adapters import HTTPAdapter
-    from urllib3.util.retry import Retry
 
     session = requests.Session()
-    retry = Retry(
-        total=config.retries, connect=config.retries, read=config.retries,
-        status=config.retries, backoff_factor=config.backoff, status_forcelist=_RETRY_STATUS,
-        allowed_methods=None, raise_on_status=False, respect_retry_after_header=False,
-    )  # fmt: skip
-    adapter = HTTPAdapter(max_retries=retry)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
     session.verify = config.verify
     session.trust_env = False  # no ~/.netrc credentials or proxies picked up silently
     if config.token:
@@ -177,6 +170,14 @@ class Pacs:
         client_cls = _import_client()
         self._client = client_cls(
             url=config.url, session=make_session(config), timeout=config.timeout
+        )
+        # Connection errors, timeouts and 408/429/5xx answers: retried with exponential
+        # back-off, at most `retries` times (dicomweb-client's own retry loop).
+        self._client.set_http_retry_params(
+            retry=config.retries > 0,
+            max_attempts=config.retries + 1,
+            wait_exponential_multiplier=max(1, int(config.backoff * 1000)),
+            retriable_error_codes=_RETRY_STATUS,
         )
 
     def __repr__(self) -> str:
@@ -287,6 +288,9 @@ def describe_error(err: BaseException) -> str:
     import requests
 
     response = getattr(err, "response", None)
+    last = getattr(err, "last_attempt", None)  # retrying.RetryError: retries used up
+    if response is None and last is not None:
+        response = last.value
     status = getattr(response, "status_code", None)
     if isinstance(err, PacsError):
         return str(err).split(": ", 2)[-1]
@@ -296,14 +300,14 @@ def describe_error(err: BaseException) -> str:
     if status == 404:
         return "not found (HTTP 404)"
     if status is not None:
-        return f"HTTP {status} from the server"
+        return f"HTTP {status} from the server" + (" (after retries)" if last else "")
     if isinstance(err, requests.exceptions.Timeout):
         return "timed out (no answer in time; retried with back-off)"
     if isinstance(err, requests.exceptions.SSLError):
         return "TLS certificate verification failed (set 'ca_bundle' in the PACS config)"
     if isinstance(err, requests.exceptions.ConnectionError):
         text = str(err)
-        if "IncompleteRead" in text or "Connection broken" in text or "RetryError" in text:
+        if "IncompleteRead" in text or "Connection broken" in text:
             return "connection broken during the download (partial download; retried)"
         return "unreachable (connection failed; retried with back-off)"
     if isinstance(err, requests.exceptions.ChunkedEncodingError):
