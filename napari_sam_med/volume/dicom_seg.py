@@ -354,3 +354,32 @@ def _check_frame(ds: Any, reference: Volume, path: Path) -> None:
             f"{path}: SEG is in frame of reference {uid}, but the reference image "
             f"{reference._name()} is in {ref_uid}"
         )
+
+
+def find_source_series(seg_path: str | os.PathLike) -> Volume:
+    """The image series a SEG references, looked for beside it: in the SEG's folder, its
+    parent, and their sub-folders (two levels).
+
+    Raises:
+        VolumeError: the referenced series is in none of those folders.
+    """
+    from .dicom import list_dicom_series
+    from .io import read_volume
+
+    pydicom = import_pydicom()
+    path = Path(seg_path)
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        uid = str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
+    except (OSError, AttributeError, IndexError, pydicom.errors.InvalidDicomError) as err:
+        raise VolumeError(f"{path}: not a readable DICOM SEG ({type(err).__name__})") from None
+    roots = [path.parent, path.parent.parent]
+    candidates = [*roots, *(d for r in roots for d in sorted(r.glob("*/")) if d.is_dir()),
+                  *(d for r in roots for d in sorted(r.glob("*/*/")) if d.is_dir())]  # fmt: skip
+    for folder in dict.fromkeys(candidates):
+        if any(s.uid == uid for s in list_dicom_series(folder)):
+            return read_volume(folder, series_uid=uid)
+    raise VolumeError(
+        f"{path}: the SEG references series {uid}, which is not in {path.parent} or beside "
+        "it; keep the SEG next to its series folder (or read it with read_seg(path, volume))"
+    )
