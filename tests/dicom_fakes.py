@@ -12,17 +12,23 @@ import numpy as np
 CT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2"
 
 
+BLOBS = ((-0.4, 0.0, 0.0, 0.25, 200), (0.35, 0.1, 0.1, 0.2, -80), (0.0, -0.35, -0.2, 0.15, 300))
+
+
 def ct_phantom(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
-    """An int16 HU volume ``(z, y, x)``: a body ellipse with three bright/dark blobs."""
+    """An int16 HU volume ``(z, y, x)``: a body ellipse with three bright/dark blobs
+    (centre x, y, z in -1..1, radius, HU in :data:`BLOBS`), built slice by slice."""
     nz, ny, nx = shape
-    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
-    vol = np.full(shape, -1000, np.int16)
-    vol[(x / 0.9) ** 2 + (y / 0.7) ** 2 < 1] = 40
-    for cx, cy, cz, r, hu in ((-0.4, 0.0, 0.0, 0.25, 200), (0.35, 0.1, 0.1, 0.2, -80),
-                              (0.0, -0.35, -0.2, 0.15, 300)):  # fmt: skip
-        vol[(x - cx) ** 2 + (y - cy) ** 2 + ((z - cz) * 0.8) ** 2 < r**2] = hu
+    y, x = np.ogrid[-1 : 1 : ny * 1j, -1 : 1 : nx * 1j]
     rng = np.random.default_rng(seed)
-    return (vol + rng.integers(-5, 6, shape)).astype(np.int16)
+    vol = np.empty(shape, np.int16)
+    for k, z in enumerate(np.linspace(-1, 1, nz)):
+        sl = np.full((ny, nx), -1000, np.int16)
+        sl[(x / 0.9) ** 2 + (y / 0.7) ** 2 < 1] = 40
+        for cx, cy, cz, r, hu in BLOBS:
+            sl[(x - cx) ** 2 + (y - cy) ** 2 + ((z - cz) * 0.8) ** 2 < r**2] = hu
+        vol[k] = sl + rng.integers(-5, 6, (ny, nx), dtype=np.int16)
+    return vol
 
 
 def write_ct_series(

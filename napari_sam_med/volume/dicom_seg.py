@@ -79,11 +79,22 @@ def default_segments(labels: np.ndarray, names: dict[int, str] | None = None) ->
     """A :class:`SegmentInfo` per non-zero label value present or named in ``names``, named
     from ``names`` (else ``"object N"``), coloured from :data:`PALETTE`."""
     names = names or {}
-    values = sorted({int(v) for v in np.unique(labels) if v != 0} | set(names))
+    counts = label_counts(labels)
+    values = sorted({int(v) for v in np.flatnonzero(counts) if v != 0} | set(names))
     return [
         SegmentInfo(v, names.get(v, f"object {v}"), PALETTE[(v - 1) % len(PALETTE)])
         for v in values
     ]
+
+
+def label_counts(labels: np.ndarray, minlength: int = 0) -> np.ndarray:
+    """Voxels per label value (``np.bincount``), slice by slice to keep memory small."""
+    labels = np.asarray(labels)
+    total = np.zeros(max(minlength, int(labels.max(initial=0)) + 1), np.int64)
+    for plane in labels.reshape(-1, *labels.shape[-2:]):
+        c = np.bincount(plane.ravel(), minlength=len(total))
+        total += c[: len(total)]
+    return total
 
 
 def algorithm_for(model: Any) -> AlgorithmInfo:
@@ -114,7 +125,7 @@ def check_segments(labels: np.ndarray, segments: Sequence[SegmentInfo], where: s
     values = [s.label for s in segments]
     if len(set(values)) != len(values) or min(values) < 1:
         raise VolumeError(f"{where}: segment label values {values} must be distinct and >= 1")
-    counts = np.bincount(labels.ravel().astype(np.int64), minlength=max(values) + 1)
+    counts = label_counts(labels, max(values) + 1)
     empty = [f"{s.name!r} (label {s.label})" for s in segments if counts[s.label] == 0]
     if empty:
         raise VolumeError(
@@ -184,11 +195,10 @@ def build_seg(
     from pydicom.sr.codedict import codes
 
     ordered = sorted(segments, key=lambda s: s.label)
-    lut = np.zeros(max(s.label for s in ordered) + 1, np.uint16)
+    lut = np.zeros(max(s.label for s in ordered) + 1, np.uint8 if len(ordered) < 256 else np.uint16)
     for number, s in enumerate(ordered, start=1):
         lut[s.label] = number
-    pixel = lut[labels]
-    pixel = pixel.astype(np.uint8) if len(ordered) < 256 else pixel
+    pixel = lut[labels]  # segment numbers 1..K, the smallest dtype that holds them
     identification = hd.AlgorithmIdentificationSequence(
         name=SOFTWARE,
         family=codes.cid7162.ArtificialIntelligence,

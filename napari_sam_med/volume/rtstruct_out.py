@@ -7,7 +7,7 @@ headers (:mod:`~napari_sam_med.volume.dicom_source`), so we build the RT Structu
 with pydicom and take the contours from ``skimage.measure.find_contours`` (marching squares
 at level 0.5). Those contours run between every inside and outside pixel centre, so
 filling them by pixel centres (:func:`~napari_sam_med.volume.dicom.read_rtstruct`) gives back
-the label map; collinear points are dropped with ``skimage.measure.approximate_polygon``.
+the label map; collinear points are dropped.
 """
 
 from __future__ import annotations
@@ -76,12 +76,20 @@ def mask_contours(mask: np.ndarray) -> list[np.ndarray]:
     crop = np.pad(mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1], 1).astype(np.float32)
     out = []
     for c in measure.find_contours(crop, 0.5):
-        c = measure.approximate_polygon(c, tolerance=0.0)
         if len(c) > 1 and np.allclose(c[0], c[-1]):
             c = c[:-1]
+        c = _drop_collinear(c)
         if len(c) >= 3:
             out.append(np.c_[c[:, 1] + x0, c[:, 0] + y0])
     return out
+
+
+def _drop_collinear(c: np.ndarray) -> np.ndarray:
+    """The vertices of a closed polygon where its direction changes."""
+    before = c - np.roll(c, 1, axis=0)
+    after = np.roll(c, -1, axis=0) - c
+    turn = np.abs(before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]) > 1e-9
+    return c[turn]
 
 
 def write_rtstruct(
