@@ -209,18 +209,16 @@ def build_seg(
         _description(hd, codes, number, s, identification)
         for number, s in enumerate(ordered, start=1)
     ]
-    digest = hashlib.sha256(np.ascontiguousarray(labels).tobytes())
-    digest.update(repr([(s.label, s.name, s.color) for s in ordered]).encode())
-    digest.update(repr(algo).encode())
+    digest = content_digest(labels, ordered, algo)
     src_uid = str(datasets[0].SeriesInstanceUID)
     return hd.seg.Segmentation(
         source_images=datasets,
         pixel_array=pixel,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=content_uid("seg-series", src_uid, digest.digest()),
+        series_instance_uid=content_uid("seg-series", src_uid, digest),
         series_number=_series_number(datasets[0]),
-        sop_instance_uid=content_uid("seg", src_uid, digest.digest()),
+        sop_instance_uid=content_uid("seg", src_uid, digest),
         instance_number=1,
         manufacturer=SOFTWARE,
         manufacturer_model_name=algo.model_name[:64],
@@ -231,6 +229,14 @@ def build_seg(
         content_description=f"{SOFTWARE} segmentation with {algo.model_name}"[:64],
         omit_empty_frames=True,
     )
+
+
+def content_digest(labels: np.ndarray, segments: list[SegmentInfo], algo: AlgorithmInfo) -> bytes:
+    """SHA-256 of the label voxels, the segments and the model: the seed of our UIDs."""
+    digest = hashlib.sha256(np.ascontiguousarray(labels).data)  # no copy
+    digest.update(repr([(s.label, s.name, tuple(s.color)) for s in segments]).encode())
+    digest.update(repr(algo).encode())
+    return digest.digest()
 
 
 def _description(hd: Any, codes: Any, number: int, s: SegmentInfo, ident: Any) -> Any:

@@ -13,7 +13,6 @@ the label map; collinear points are dropped.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from .dicom_seg import (
     _safe_lo,
     _series_number,
     check_segments,
+    content_digest,
     default_segments,
 )
 from .dicom_source import (
@@ -129,16 +129,14 @@ def build_rtstruct(
     from pydicom.dataset import Dataset, FileMetaDataset
 
     ref = datasets[0]
-    digest = hashlib.sha256(np.ascontiguousarray(labels).tobytes())
-    digest.update(repr([(s.label, s.name, s.color) for s in segments]).encode())
-    digest.update(repr(algo).encode())
+    digest = content_digest(labels, segments, algo)
     ds = Dataset()
     for key in _COPIED:
         setattr(ds, key, getattr(ref, key, ""))
     ds.SOPClassUID = RTSTRUCT_SOP_CLASS
-    ds.SOPInstanceUID = content_uid("rtstruct", str(ref.SeriesInstanceUID), digest.digest())
+    ds.SOPInstanceUID = content_uid("rtstruct", str(ref.SeriesInstanceUID), digest)
     ds.Modality = "RTSTRUCT"
-    ds.SeriesInstanceUID = content_uid("rt-series", str(ref.SeriesInstanceUID), digest.digest())
+    ds.SeriesInstanceUID = content_uid("rt-series", str(ref.SeriesInstanceUID), digest)
     ds.SeriesNumber = _series_number(ref) + 1
     ds.SeriesDescription = _safe_lo(f"SAM-Med RTSTRUCT ({algo.model_name})")
     ds.OperatorsName = ""
