@@ -21,14 +21,17 @@ FORMATS = ("nifti", "nrrd", "mha", *DICOM_FORMATS)  # the first three just follo
 _DEFAULT_NAME = {"seg": "_seg.dcm", "rtstruct": "_rtstruct.dcm"}
 
 
-def output_problem(fmt: str | None, output: Path) -> str | None:
-    """What is wrong with ``fmt``/``output`` as "expected ..." text, or None when fine."""
+def output_problem(fmt: Any, output: Path) -> tuple[str, Any, str] | None:
+    """``(field, value, "expected ...")`` of what is wrong with ``fmt``/``output``, or None."""
     if fmt is not None and fmt not in FORMATS:
-        return f"format one of {FORMATS}, got {fmt!r}"
+        return "format", fmt, f"one of {FORMATS} (or no format: the output's suffix decides)"
     if fmt in DICOM_FORMATS:
-        return None if file_suffix(output) == ".dcm" else f"a .dcm file for format {fmt!r}"
+        if file_suffix(output) != ".dcm":
+            return "output", str(output), f"a .dcm file for format {fmt!r}"
+        return None
     if file_suffix(output) not in WRITE_SUFFIXES:
-        return f"a file ending in {WRITE_SUFFIXES} (or .dcm with format 'seg'/'rtstruct')"
+        expected = f"a file ending in {WRITE_SUFFIXES} (or .dcm with format 'seg'/'rtstruct')"
+        return "output", str(output), expected
     return None
 
 

@@ -205,7 +205,7 @@ def _parse_case(
     else:
         _fail(source, f"{where}.output", None, "a label file path (or run with --out-dir)")
     if problem := output_problem(case.get("format"), output):
-        _fail(source, f"{where}.output/format", str(output), problem)
+        _fail(source, f"{where}.{problem[0]}", problem[1], problem[2])
     name = case.get("name", file_stem(output))
     for key in ("name", "modality", "preset", "series_uid"):
         if key in case and not (isinstance(case[key], str) and case[key].strip()):
