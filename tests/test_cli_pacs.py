@@ -100,6 +100,20 @@ def test_manifest_format_per_case(series: Path, tmp_path: Path, tiny_ckpt: str) 
     assert read_seg(out / "ct_seg.dcm", read_volume(series)).names == {1: "t"}
 
 
+def test_manifest_format_errors(tmp_path: Path) -> None:
+    from napari_sam_med.volume.manifest import ManifestError, parse_manifest
+
+    def case(**kw):
+        return {"cases": [{"image": "ct", "objects": [{"box3d": [0, 0, 0, 1, 1, 1]}], **kw}]}
+
+    with pytest.raises(ManifestError, match=r"cases\[0\]\.format = 'jpeg'; expected one of"):
+        parse_manifest(case(format="jpeg", output="a.dcm"), "m.json", tmp_path)
+    with pytest.raises(ManifestError, match=r"cases\[0\]\.output = .*gz'; expected a \.dcm"):
+        parse_manifest(case(format="rtstruct", output="a.nii.gz"), "m.json", tmp_path)
+    spec = parse_manifest(case(format="seg"), "m.json", tmp_path, tmp_path / "out")[0]
+    assert spec.output.name == "ct_seg.dcm" and spec.format == "seg"
+
+
 # ------------------------------------------------------------------------ real Orthanc
 def _pacs_env(monkeypatch, orthanc) -> None:
     from orthanc_server import PASSWORD, USER
