@@ -42,9 +42,10 @@ def tiny_model():
     return build_sam("tiny", device="cpu")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture()
 def orthanc(tmp_path_factory):
-    """A real Orthanc PACS with DICOMweb on a free loopback port (skips when not installed)."""
+    """A real, empty Orthanc PACS with DICOMweb on a free loopback port, one per test (tests
+    reuse the same synthetic UIDs); skips when Orthanc is not installed."""
     from orthanc_server import orthanc_missing, start_orthanc
 
     why = orthanc_missing()
