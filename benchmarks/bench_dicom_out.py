@@ -69,7 +69,7 @@ def child(kind: str, folder: Path) -> None:
 
 def round_trip(folder: Path) -> None:
     from napari_sam_med.volume.dicom import read_rtstruct
-    from napari_sam_med.volume.dicom_seg import read_seg
+    from napari_sam_med.volume.dicom_seg_read import read_seg
     from napari_sam_med.volume.io import read_volume, write_labels
 
     vol = read_volume(folder / "ct")

@@ -19,7 +19,7 @@ import pydicom  # noqa: E402
 from dicom_fakes import ct_phantom, write_ct_series  # noqa: E402
 
 from napari_sam_med.cli import main  # noqa: E402
-from napari_sam_med.volume.dicom_seg import read_seg  # noqa: E402
+from napari_sam_med.volume.dicom_seg_read import read_seg  # noqa: E402
 from napari_sam_med.volume.io import read_volume  # noqa: E402
 
 SHAPE = (10, 40, 48)

@@ -21,7 +21,7 @@ OBJECTS_KEY = "sam_med_objects"
 
 def read_seg_layers(path: str) -> list[tuple[Any, dict[str, Any], str]]:
     """A SEG file as one Labels layer on its source series' grid (found beside the SEG)."""
-    from ..volume.dicom_seg import find_source_series, read_seg
+    from ..volume.dicom_seg_read import find_source_series, read_seg
 
     reference = find_source_series(path)
     seg = read_seg(path, reference)

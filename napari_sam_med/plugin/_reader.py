@@ -57,7 +57,7 @@ def read_layers(path: str | list[str]) -> list[tuple[Any, dict[str, Any], str]]:
     if isinstance(path, list):
         path = path[0]
     if str(path).lower().endswith(".dcm"):
-        from ..volume.dicom_seg import is_seg_file
+        from ..volume.dicom_seg_read import is_seg_file
 
         if is_seg_file(path):
             from ._dicom import read_seg_layers

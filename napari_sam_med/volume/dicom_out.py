@@ -106,7 +106,8 @@ def seg_to_rtstruct(
     """
     import pydicom
 
-    from .dicom_seg import AlgorithmInfo, SegmentInfo, read_seg
+    from .dicom_seg import AlgorithmInfo, SegmentInfo
+    from .dicom_seg_read import read_seg
     from .io import read_volume
     from .rtstruct_out import write_rtstruct
 

@@ -13,7 +13,8 @@ pytest.importorskip("dicomweb_client", reason="the dicom extra (dicomweb-client)
 
 from dicom_fakes import ct_phantom, write_ct_series  # noqa: E402
 
-from napari_sam_med.volume.dicom_seg import SegmentInfo, read_seg, write_seg  # noqa: E402
+from napari_sam_med.volume.dicom_seg import SegmentInfo, write_seg  # noqa: E402
+from napari_sam_med.volume.dicom_seg_read import read_seg  # noqa: E402
 from napari_sam_med.volume.io import read_volume  # noqa: E402
 
 SHAPE = (8, 48, 40)

@@ -15,7 +15,8 @@ pydicom = pytest.importorskip("pydicom")
 from dicom_fakes import ct_phantom, write_ct_series  # noqa: E402
 
 from napari_sam_med.volume.dicom import read_rtstruct  # noqa: E402
-from napari_sam_med.volume.dicom_seg import SegmentInfo, read_seg, write_seg  # noqa: E402
+from napari_sam_med.volume.dicom_seg import SegmentInfo, write_seg  # noqa: E402
+from napari_sam_med.volume.dicom_seg_read import read_seg  # noqa: E402
 from napari_sam_med.volume.dicom_source import check_series  # noqa: E402
 from napari_sam_med.volume.io import VolumeError, read_volume, write_volume  # noqa: E402
 from napari_sam_med.volume.rtstruct_out import write_rtstruct  # noqa: E402
