@@ -84,6 +84,19 @@ def test_segment_dicom_format_refusals(series: Path, tmp_path: Path, tiny_ckpt: 
     assert "a .dcm file for format 'seg'" in capsys.readouterr().err
 
 
+def test_uneven_series_refused_before_segmenting(tmp_path: Path, tiny_ckpt: str, capsys) -> None:
+    zs = [50.0 + 2 * k for k in range(SHAPE[0])]
+    zs[5:] = [z + 2.0 for z in zs[5:]]  # a missing slice
+    write_ct_series(tmp_path / "gap", ct_phantom(SHAPE), positions_z=zs)
+    out = tmp_path / "r.dcm"
+    argv = ["segment", str(tmp_path / "gap"), "--box3d", *BOX, "--format", "rtstruct", "-o",
+            str(out)]  # fmt: skip
+    assert main(argv + _args(tiny_ckpt)) == 1
+    err = capsys.readouterr().err
+    assert "unevenly spaced" in err and SERIES in err and str(tmp_path / "gap") in err
+    assert not out.exists()
+
+
 def test_manifest_format_per_case(series: Path, tmp_path: Path, tiny_ckpt: str) -> None:
     box = [int(v) for v in BOX]
     manifest = tmp_path / "m.json"

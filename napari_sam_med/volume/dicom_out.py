@@ -78,17 +78,19 @@ def write_case_labels(
 def check_case_output(
     volume: Any, fmt: str | None, output: str | os.PathLike, overwrite: bool = False
 ) -> None:
-    """Refuse, before any segmenting, a DICOM format on a non-DICOM image or an existing
-    DICOM output that may not be replaced.
+    """Refuse, before any segmenting, a DICOM format on a non-DICOM image, a series that
+    cannot carry a SEG/RTSTRUCT (uneven or missing slices, mixed orientations, several frames
+    of reference; see :func:`~.dicom_source.check_series`), or an existing DICOM output that
+    may not be replaced.
 
     Raises:
-        VolumeError: the message says what to use instead.
+        VolumeError: the message names the series or file and says what to do instead.
     """
     if fmt not in DICOM_FORMATS:
         return
-    from .dicom_source import refuse_existing, require_dicom_source
+    from .dicom_source import refuse_existing, source_datasets
 
-    require_dicom_source(volume, "DICOM SEG" if fmt == "seg" else "RTSTRUCT")
+    source_datasets(volume, "DICOM SEG" if fmt == "seg" else "RTSTRUCT")  # headers only
     refuse_existing(output, overwrite)
 
 
