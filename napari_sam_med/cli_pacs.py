@@ -155,7 +155,8 @@ def resolve_manifest(
     out_dir: Path | None = None,
 ) -> Path:
     """A copy of the manifest where every ``"pacs": {"series_uid", "study_uid"}`` case names
-    the retrieved folder instead, paths are absolute, and cases default to ``default_format``.
+    the retrieved folder instead, paths are absolute, and cases without a format or with a
+    ``.dcm`` output default to ``default_format``.
     """
     from .volume.manifest import ManifestError
 
@@ -179,8 +180,8 @@ def resolve_manifest(
         for key in ("image",) if out_dir is not None else ("image", "output"):
             if isinstance(case.get(key), str) and not Path(case[key]).is_absolute():
                 case[key] = str(base / case[key])
-        if default_format:
-            case.setdefault("format", default_format)
+        if default_format and str(case.get("output", ".dcm")).lower().endswith(".dcm"):
+            case.setdefault("format", default_format)  # a .nii.gz output keeps its suffix rule
     out = tmp / Path(path).name
     out.write_text(json.dumps(data), encoding="utf-8")
     return out
