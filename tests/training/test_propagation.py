@@ -14,8 +14,8 @@ from training.config import load_config
 from training.data import load_volumes
 from training.engine import EmbeddingStore, InteractiveStep, encoder_fingerprint
 from training.losses import build_loss
-from training.propagation import jitter_mask, margin_box, pick_pair, target_for
 from training.prompts import error_point, first_prompts
+from training.propagation import jitter_mask, margin_box, pick_pair, target_for
 from training.sampling import TrainSlices
 
 
