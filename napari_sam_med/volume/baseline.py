@@ -46,7 +46,8 @@ def baseline_box3d(seg: SliceSegmenter, box3d: list[int] | np.ndarray) -> np.nda
         # the mask's box on the model grid, grown by 3 px, mapped back to slice pixels
         grid = np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float64) * scale
         grid = np.clip(grid + np.array([-GROW_PX, -GROW_PX, GROW_PX, GROW_PX]), 0, size - 1)
-        return (grid / scale).astype(np.float32)
+        # padding of the model grid lies outside the slice: clip to the slice itself
+        return np.clip(grid / scale, 0, [w - 1, h - 1, w - 1, h - 1]).astype(np.float32)
 
     for z in range(zm, z1 + 1):
         box = default if z == zm else box_from(out[z - 1])

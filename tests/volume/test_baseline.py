@@ -42,3 +42,12 @@ def test_middle_slice_first_then_previous_mask_boxes_grown_3px_on_the_grid() -> 
     assert [b for _, b in empty.calls] == [[8, 30, 40, 70]] * 3  # an empty mask: the 2D box again
     with pytest.raises(ValueError, match="outside the volume"):
         baseline_box3d(seg, [0, 0, 3, 5, 5, 9])
+
+
+def test_boxes_stay_inside_a_non_square_slice() -> None:
+    masks = np.zeros((6, 128, 64), bool)
+    masks[1:4, 100:128, 40:64] = True  # touches the right and bottom edges
+    seg = _Scripted(masks)
+    baseline_box3d(seg, [40, 100, 1, 63, 127, 3])
+    for _, (x0, y0, x1, y1) in seg.calls:
+        assert 0 <= x0 <= x1 <= 63 and 0 <= y0 <= y1 <= 127
