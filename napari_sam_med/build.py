@@ -22,6 +22,7 @@ import torch
 
 from .config import REGISTRY, SamConfig, get_config
 from .device import resolve_device
+from .errors import SamMedError
 from .modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from .modeling.tiny_vit import TinyViT
 
@@ -39,7 +40,7 @@ LITE_MEDSAM_INSTALL_HINT = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SamMedError):
     """A checkpoint file is missing, corrupt, unsafe, or does not fit the configuration."""
 
 

@@ -70,8 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     cache = argparse.ArgumentParser(add_help=False)
     cache.add_argument("--cache-dir", type=Path, help="embedding cache (default: user cache)")
     cache.add_argument("--no-disk-cache", action="store_true", help="keep embeddings in memory")
+    from .cli_extra import add_commands, output_options, volume_options
 
-    s = sub.add_parser("segment", parents=[model, cache], help="segment objects from prompts")
+    vol, out = volume_options(), output_options()
+
+    s = sub.add_parser(
+        "segment", parents=[model, cache, vol, out], help="segment objects from prompts"
+    )
     s.add_argument("image", nargs="?", help="image file or DICOM folder (or use --manifest)")
     s.add_argument("--manifest", type=Path, help="JSON manifest of cases (see docs/cli.md)")
     s.add_argument("-o", "--output", help="label file for IMAGE (.nii.gz, .nii, .nrrd, .mha)")
@@ -95,12 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dist-timeout-hours", type=float, default=48.0, help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_segment)
 
-    pc = sub.add_parser("precompute", parents=[model, cache], help="fill the embedding cache")
+    pc = sub.add_parser(
+        "precompute", parents=[model, cache, vol], help="fill the embedding cache"
+    )
     pc.add_argument("images", nargs="+", help="image files or DICOM folders")
     pc.add_argument("--slices", nargs=2, type=int, metavar=("Z0", "Z1"), help="inclusive range")
     pc.set_defaults(func=cmd_precompute)
 
-    a = sub.add_parser("auto", parents=[model], help="automatic masks, slice by slice, as labels")
+    a = sub.add_parser(
+        "auto", parents=[model, vol, out], help="automatic masks, slice by slice, as labels"
+    )
     a.add_argument("images", nargs="+", help="image files, DICOM folders or folders of volumes")
     a.add_argument("-o", "--output", help="label file to write (one image)")
     a.add_argument("--out-dir", help="batch: labels, QC PNGs and auto_report.json/.csv here")
@@ -117,9 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", parents=[common], help="models, devices, cache location")
     i.set_defaults(func=cmd_info)
 
-    from .cli_extra import add_commands  # evaluate, export (the data engine)
-
-    add_commands(sub, common, model)
+    add_commands(sub, common, model, out)  # evaluate, export, replay (the data engine)
     return p
 
 
@@ -320,19 +327,21 @@ def cmd_precompute(args: argparse.Namespace) -> int:
     """``sam-med precompute``: fill the embedding cache for the listed images."""
     from tqdm import tqdm
 
+    from .cli_extra import slice_range
     from .volume.io import read_volume
     from .volume.segment import resolve_preset
     from .volume.slices import SliceSegmenter
 
+    slice_range(args.slices)  # refuse an empty range before loading anything
     model = _load_model(args)
     cache = _cache(args)
     for path in args.images:
-        vol = read_volume(path)
+        vol = read_volume(path, series_uid=args.series_uid, component=args.component)
         preset = resolve_preset(args.preset, args.modality, vol)
         seg = SliceSegmenter(model, vol.array, preset=preset, cache=cache)
-        todo = None if args.slices is None else list(range(args.slices[0], args.slices[1] + 1))
+        todo = slice_range(args.slices, vol.array.shape[0])
         before = seg.encoder_calls
-        bar = tqdm(desc=Path(path).name, unit="slice", disable=args.no_progress)
+        bar = tqdm(desc=Path(path).name, unit="slice", disable=args.no_progress, delay=0.5)
         done = 0
         for done, total, _z in seg.precompute(todo):
             bar.total = total

@@ -63,6 +63,41 @@ def add_commands(sub, common: argparse.ArgumentParser, model: argparse.ArgumentP
     r.set_defaults(func=cmd_replay)
 
 
+def volume_options() -> argparse.ArgumentParser:
+    """Parent parser with ``--series-uid`` and ``--component`` (which volume of a file)."""
+    v = argparse.ArgumentParser(add_help=False)
+    v.add_argument("--series-uid", help="DICOM folder with several series: the one to read")
+    v.add_argument("--component", type=int, metavar="K",
+                   help="4D / multi-component file: the volume to read, from 0")  # fmt: skip
+    return v
+
+
+def output_options() -> argparse.ArgumentParser:
+    """Parent parser with ``--overwrite`` (replace existing output files)."""
+    o = argparse.ArgumentParser(add_help=False)
+    o.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs (default: refuse, naming the file)")  # fmt: skip
+    return o
+
+
+def slice_range(slices: list[int] | None, depth: int | None = None) -> list[int] | None:
+    """The slices of an inclusive ``--slices Z0 Z1`` (None: all); a usage error when the range
+    is inverted or empty, or (with ``depth``) lies outside ``0..depth-1``."""
+    if slices is None:
+        return None
+    z0, z1 = slices
+    if z0 > z1 or z0 < 0:
+        raise ValueError(
+            f"command line: --slices {z0} {z1} is an empty range; expected 0 <= Z0 <= Z1 "
+            "(both inclusive)"
+        )
+    if depth is not None and z1 >= depth:
+        raise ValueError(
+            f"command line: --slices {z0} {z1} is outside the volume's slices 0..{depth - 1}"
+        )
+    return list(range(z0, z1 + 1))
+
+
 def _model_name(spec: str) -> str:
     p = Path(spec)
     return p.stem if p.suffix else spec

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SamMedError
 from .geometry import Volume, world_to_index
 from .io import WRITE_SUFFIXES, file_suffix
 
@@ -51,7 +52,7 @@ _OBJECT_KEYS = {
 }  # fmt: skip
 
 
-class ManifestError(ValueError):
+class ManifestError(SamMedError):
     """A manifest (or a command line standing in for one) is malformed."""
 
 

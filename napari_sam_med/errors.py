@@ -1,0 +1,22 @@
+"""The package's error types for bad input: all are ``ValueError`` subclasses.
+
+Every fault caused by a file, a prompt or an argument the user gave is raised as
+:class:`SamMedError` (or a subclass named after the concept: ``VolumeError``,
+``CheckpointError``, ``ManifestError``, :class:`PromptError`, :class:`OutputExistsError`), with
+a message naming the file or the value and what was expected. Catch ``SamMedError`` to handle
+all of them; ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class SamMedError(ValueError):
+    """Bad input to napari-sam-med: the message names the file or value and the fault."""
+
+
+class PromptError(SamMedError):
+    """A prompt (points, labels, box, mask) has the wrong shape, type or values."""
+
+
+class OutputExistsError(SamMedError, FileExistsError):
+    """An output file exists and overwriting was not asked for."""
