@@ -27,6 +27,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from .cli_extra import load_model, model_cache
+
 logger = logging.getLogger(__name__)
 _BOX3D = ("X0", "Y0", "Z0", "X1", "Y1", "Z1")
 
@@ -70,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache = argparse.ArgumentParser(add_help=False)
     cache.add_argument("--cache-dir", type=Path, help="embedding cache (default: user cache)")
     cache.add_argument("--no-disk-cache", action="store_true", help="keep embeddings in memory")
-    from .cli_extra import add_commands, output_options, volume_options
+    from .cli_extra import add_commands, cmd_info, cmd_precompute, output_options, volume_options
 
     vol, out = volume_options(), output_options()
 
@@ -133,16 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------- segment
 def cmd_segment(args: argparse.Namespace) -> int:
     """``sam-med segment``: one image with prompts, or a manifest of cases."""
+    from .outputs import check_output
     from .volume.qc import summary_table, write_json_atomic
 
     cases = _cases_from_args(args)
+    if args.summary:  # a resumed batch rewrites its own summary
+        check_output(args.summary, args.overwrite or args.resume)
     rank, world, local_rank = _dist_env()
-    model = _load_model(args, local_rank if world > 1 else None)
+    model = load_model(args, local_rank if world > 1 else None)
     _check_text_support(cases, model, args.model)
     if world > 1:
         _init_dist(args.dist_timeout_hours)
     mine = cases[rank::world]
-    kwargs = dict(preset=args.preset, cache=_cache(args), qc_dir=args.qc, resume=args.resume)
+    kwargs = dict(preset=args.preset, cache=model_cache(args), qc_dir=args.qc, resume=args.resume,
+                  overwrite=args.overwrite, nonfinite_fill=args.nonfinite_fill)  # fmt: skip
     results = _run_with_progress(mine, model, args, kwargs, quiet=rank != 0)
     for r in results:
         r.worker = f"rank {rank}/{world}" if world > 1 else ""
@@ -156,7 +162,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         else:
             print(summary_table(results))
         if args.summary:
-            write_json_atomic(args.summary, [r.to_json() for r in results])
+            rows = [r.to_json() for r in results]
+            write_json_atomic(args.summary, rows, args.overwrite or args.resume)
     if world > 1:
         _finish_dist()
     return 1 if failed else 0
@@ -171,8 +178,11 @@ def _cases_from_args(args: argparse.Namespace) -> list:
     ):
         raise ValueError("command line: --text-slices goes with --text alone (no box or points)")
     if args.manifest is not None:
-        if args.image or prompts or args.output:
-            raise ValueError("command line: give either --manifest or IMAGE with prompts, not both")
+        if args.image or prompts or args.output or args.series_uid or args.component is not None:
+            raise ValueError(
+                "command line: give either --manifest or IMAGE with prompts (and --series-uid/"
+                "--component), not both; a manifest names them per case"
+            )
         cases = load_manifest(args.manifest, args.out_dir)
         for case in cases:
             case.modality = case.modality or args.modality
@@ -208,6 +218,7 @@ def _cases_from_args(args: argparse.Namespace) -> list:
     for k, obj in enumerate(objects):
         obj["label"] = k + 1
     case: dict[str, Any] = {"image": args.image, "objects": objects}
+    case.update({k: v for k in ("series_uid", "component") if (v := getattr(args, k)) is not None})
     if args.output:
         case["output"] = str(Path(args.output).resolve())  # -o is relative to the cwd
     if args.modality:
@@ -244,8 +255,10 @@ def _run_with_progress(cases, model, args, kwargs, quiet: bool) -> list:
 
     off = args.no_progress or quiet
     results = []
-    outer = tqdm(total=len(cases), desc="cases", unit="case", disable=off or len(cases) < 2)
-    inner = tqdm(desc="slices", unit="slice", leave=False, disable=off)
+    # delay: no bar is drawn for runs that end (or fail) within half a second
+    outer = tqdm(total=len(cases), desc="cases", unit="case", disable=off or len(cases) < 2,
+                 delay=0.5, position=0)  # fmt: skip
+    inner = tqdm(desc="slices", unit="slice", leave=False, disable=off, delay=0.5, position=1)
     state = {"key": None}
 
     def on_progress(ev) -> None:
@@ -264,26 +277,6 @@ def _run_with_progress(cases, model, args, kwargs, quiet: bool) -> list:
     inner.close()
     outer.close()
     return results
-
-
-def _load_model(args: argparse.Namespace, local_rank: int | None = None):
-    from .build import build_sam
-    from .device import resolve_device
-
-    device = args.device
-    if local_rank is not None and device in ("auto", "cuda"):
-        # one GPU per torchrun rank; CPU-only ranks keep resolve_device's choice
-        if resolve_device("auto").type == "cuda":
-            device = f"cuda:{local_rank}"
-    return build_sam(args.model, device=resolve_device(device))
-
-
-def _cache(args: argparse.Namespace):
-    from .volume.cache import EmbeddingCache, default_cache_dir
-
-    if getattr(args, "no_disk_cache", False):
-        return EmbeddingCache(None)
-    return EmbeddingCache(args.cache_dir or default_cache_dir())
 
 
 # ----------------------------------------------------------------------- distributed
@@ -323,36 +316,6 @@ def _finish_dist() -> None:
 
 
 # ------------------------------------------------------------------ other commands
-def cmd_precompute(args: argparse.Namespace) -> int:
-    """``sam-med precompute``: fill the embedding cache for the listed images."""
-    from tqdm import tqdm
-
-    from .cli_extra import slice_range
-    from .volume.io import read_volume
-    from .volume.segment import resolve_preset
-    from .volume.slices import SliceSegmenter
-
-    slice_range(args.slices)  # refuse an empty range before loading anything
-    model = _load_model(args)
-    cache = _cache(args)
-    for path in args.images:
-        vol = read_volume(path, series_uid=args.series_uid, component=args.component)
-        preset = resolve_preset(args.preset, args.modality, vol)
-        seg = SliceSegmenter(model, vol.array, preset=preset, cache=cache)
-        todo = slice_range(args.slices, vol.array.shape[0])
-        before = seg.encoder_calls
-        bar = tqdm(desc=Path(path).name, unit="slice", disable=args.no_progress, delay=0.5)
-        done = 0
-        for done, total, _z in seg.precompute(todo):
-            bar.total = total
-            bar.update(done - bar.n)
-        bar.close()
-        where = cache.cache_dir or "memory only"
-        print(f"{path}: {done} slices cached ({seg.encoder_calls - before} computed, "
-              f"preset {preset}) in {where}")  # fmt: skip
-    return 0
-
-
 def cmd_auto(args: argparse.Namespace) -> int:
     """``sam-med auto``: automatic masks slice by slice, linked into 3D labels (one or a batch)."""
     from functools import partial
@@ -360,22 +323,25 @@ def cmd_auto(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .amg import settings_for_model
+    from .outputs import check_output
     from .volume.auto import find_volumes, run_auto_batch
     from .volume.io import write_labels
     from .volume.segment import resolve_preset, segment_automatic
 
     if bool(args.output) == bool(args.out_dir):
         raise SystemExit("sam-med auto: give -o FILE (one image) or --out-dir DIR (a batch)")
+    if args.output:
+        check_output(args.output, args.overwrite)
     images = find_volumes(args.images)
     if not images:
         raise SystemExit(f"sam-med auto: no volumes found in {args.images}")
     if args.output and len(images) != 1:
         raise SystemExit(f"sam-med auto: -o takes one image, found {len(images)}; use --out-dir")
-    model = _load_model(args)
+    model = load_model(args)
     amg = settings_for_model(
         model.config.name, args.prompt_type, args.pred_iou_thresh, args.stability_thresh
     )
-    bar = tqdm(desc="slices", unit="slice", disable=args.no_progress)
+    bar = tqdm(desc="slices", unit="slice", disable=args.no_progress, delay=0.5)
 
     def on_progress(ev) -> None:
         if ev.done < bar.n:  # the next volume of a batch
@@ -395,16 +361,18 @@ def cmd_auto(args: argparse.Namespace) -> int:
     if args.output:
         from .volume.io import read_volume
 
-        vol = read_volume(images[0])
+        vol = read_volume(images[0], args.series_uid, args.component,
+                          nonfinite_fill=args.nonfinite_fill)  # fmt: skip
         labels = segment(model, vol, preset_for(vol))
         bar.close()
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        write_labels(labels, vol, args.output)
+        write_labels(labels, vol, args.output, overwrite=args.overwrite)
         print(f"{args.output}: {int(labels.max())} objects, {int((labels > 0).sum())} voxels")
         return 0
     report = run_auto_batch(
         model, images, args.out_dir, segment, preset_for,
         on_case=lambda i, n, name: bar.set_description(f"{name} ({i + 1}/{n})"),
+        overwrite=args.overwrite, nonfinite_fill=args.nonfinite_fill,
     )  # fmt: skip
     bar.close()
     for r in report:
@@ -412,46 +380,6 @@ def cmd_auto(args: argparse.Namespace) -> int:
         print(f"{r['case']}: {r['status']}, {len(objs)} objects, {r['seconds']} s {r['error']}")
     print(f"report: {Path(args.out_dir) / 'auto_report.csv'}")
     return 0 if all(r["status"] != "error" for r in report) else 1
-
-
-def cmd_info(args: argparse.Namespace) -> int:
-    """``sam-med info``: models, devices, torch version and the cache location."""
-    import torch
-
-    from . import __version__
-    from .build import CheckpointError, locate_lite_medsam_weights
-    from .config import REGISTRY
-    from .device import resolve_device
-    from .volume.cache import default_cache_dir
-
-    print(
-        f"napari-sam-med {__version__}, torch {torch.__version__}, python {sys.version.split()[0]}"
-    )
-    print("models:")
-    for name, cfg in REGISTRY.items():
-        note = ""
-        if name == "lite_medsam":
-            try:
-                note = f"weights {locate_lite_medsam_weights(verify=False)}"
-            except CheckpointError as exc:
-                note = f"weights missing ({str(exc).splitlines()[0]})"
-        elif name == "tiny":
-            note = "small random model for tests"
-        print(f"  {name:13s} {cfg.encoder:8s} input {cfg.img_size:4d}  {note}".rstrip())
-    print("devices:")
-    print("  cpu")
-    for k in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
-        print(f"  cuda:{k} {torch.cuda.get_device_name(k)}")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        print("  mps")
-    print(f"  auto -> {resolve_device('auto')}")
-    cache = default_cache_dir()
-    files = list((cache / "embeddings").rglob("*.npz")) if cache.is_dir() else []
-    size = sum(f.stat().st_size for f in files) / 2**20
-    print(f"cache: {cache} ({len(files)} slice embeddings, {size:.1f} MiB)")
-    print("  set NAPARI_SAM_MED_CACHE to move it")
-    return 0
 
 
 if __name__ == "__main__":

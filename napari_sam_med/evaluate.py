@@ -264,7 +264,9 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
+def write_csv(
+    path: str | os.PathLike, rows: Sequence[dict[str, Any]], overwrite: bool = False
+) -> Path:
     """Write dict rows as CSV atomically (lists are joined with ``;``)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
@@ -273,7 +275,7 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
         writer.writerow(
             {k: ";".join(f"{x:.4f}" for x in v) if isinstance(v, list) else v for k, v in r.items()}
         )
-    return write_bytes_atomic(Path(path), buf.getvalue().encode())
+    return write_bytes_atomic(Path(path), buf.getvalue().encode(), overwrite)
 
 
 def per_object_rows(results: Sequence[ObjectResult], settings: ClickSettings) -> list[dict]:
@@ -296,7 +298,9 @@ def per_object_rows(results: Sequence[ObjectResult], settings: ClickSettings) ->
 _COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14))
 
 
-def plot_curves(path: str | os.PathLike, curves: dict[str, Sequence[float]]) -> Path:
+def plot_curves(
+    path: str | os.PathLike, curves: dict[str, Sequence[float]], overwrite: bool = False
+) -> Path:
     """PNG of mean Dice (y, 0..1) against clicks after the box (x), one line per model."""
     from PIL import Image, ImageDraw
 
@@ -329,4 +333,4 @@ def plot_curves(path: str | os.PathLike, curves: dict[str, Sequence[float]]) -> 
     g.text((left + pw + 10, top + 6 + 18 * len(curves)), "mean Dice", fill="black")
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    return write_bytes_atomic(Path(path), buf.getvalue())
+    return write_bytes_atomic(Path(path), buf.getvalue(), overwrite)

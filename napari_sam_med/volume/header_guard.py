@@ -165,7 +165,7 @@ def _product(values) -> int:
 def _nrrd_claim(path: Path) -> tuple[int, Path | None, int, str]:
     lines, header_end = _text_header(path, lambda ln: ln == "")
     if not lines or not lines[0].startswith("NRRD"):
-        raise VolumeError(f"{path}: not a NRRD file (no 'NRRD000x' magic line)")
+        return 0, None, 0, "raw"  # not NRRD: SimpleITK's reader reports it
     fields: dict[str, str] = {}
     for ln in lines[1:]:
         if ln.startswith("#") or ":=" in ln or ":" not in ln:
