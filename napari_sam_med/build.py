@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import pickle
 import tempfile
 from collections.abc import Mapping
 from importlib import metadata
@@ -20,9 +19,10 @@ from typing import Any
 
 import torch
 
+from .checkpoint_file import load_state_dict_file
 from .config import REGISTRY, SamConfig, get_config
 from .device import resolve_device
-from .errors import SamMedError
+from .errors import CheckpointError
 from .modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from .modeling.tiny_vit import TinyViT
 
@@ -38,10 +38,6 @@ LITE_MEDSAM_INSTALL_HINT = (
     "(--no-deps: its timm/torchvision requirements would pull a multi-GB CUDA torch; "
     "napari-sam-med only reads the weights file)"
 )
-
-
-class CheckpointError(SamMedError):
-    """A checkpoint file is missing, corrupt, unsafe, or does not fit the configuration."""
 
 
 def build_model(config: SamConfig) -> Sam:
@@ -233,29 +229,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def load_state_dict_file(path: str | os.PathLike) -> Any:
-    """``torch.load`` a file on the CPU with ``weights_only=True``, with readable errors."""
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"checkpoint {p} does not exist")
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {p} is not a file")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"refusing to load {p}: it contains Python objects that would run code when "
-            f"unpickled, and only plain tensors/dicts are accepted (weights_only=True). "
-            f"Detail: {str(exc).splitlines()[0]}"
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - a corrupt zip/pickle raises many kinds
-        raise CheckpointError(
-            f"cannot read checkpoint {p} ({p.stat().st_size} bytes): the file is corrupt, "
-            f"truncated or not a PyTorch checkpoint ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from None
 
 
 def _unwrap_state_dict(raw: Any, source: str | os.PathLike) -> dict[str, torch.Tensor]:

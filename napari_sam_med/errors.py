@@ -20,3 +20,7 @@ class PromptError(SamMedError):
 
 class OutputExistsError(SamMedError, FileExistsError):
     """An output file exists and overwriting was not asked for."""
+
+
+class CheckpointError(SamMedError):
+    """A checkpoint file is missing, corrupt, unsafe, or does not fit the configuration."""

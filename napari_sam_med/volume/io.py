@@ -267,6 +267,11 @@ def write_labels(
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
         VolumeError: wrong shape, non-integer or negative-overflowing values, or a failed write.
     """
+    if not isinstance(reference, Volume):
+        raise VolumeError(
+            f"{path}: write_labels(labels, reference, path) needs the reference Volume second; "
+            f"got {type(reference).__name__} {str(reference)[:80]!r}"
+        )
     labels = np.asarray(labels)
     if labels.shape != reference.array.shape:
         raise VolumeError(
