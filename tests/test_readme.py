@@ -17,10 +17,10 @@ import json
 import os
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from napari_sam_med.cli import build_parser, main
 
