@@ -319,15 +319,14 @@ def _finite_array(value, name: str) -> np.ndarray:
 
 def _points_and_labels(point_coords, point_labels) -> tuple[np.ndarray, np.ndarray]:
     """Validated ``(N, 2)`` float32 points and ``(N,)`` int64 labels in {0, 1}."""
-    if np.size(point_coords) == 0:
+    pts = _finite_array(point_coords, "point_coords")
+    if pts.size == 0:
         pts = np.zeros((0, 2), np.float32)
-    else:
-        pts = _finite_array(point_coords, "point_coords")
-        if pts.ndim != 2 or pts.shape[1] != 2:
-            raise PromptError(
-                f"point_coords must have shape (N, 2) as (x, y) pixels; got shape {pts.shape}: "
-                f"{_short(point_coords)}"
-            )
+    elif pts.ndim != 2 or pts.shape[1] != 2:
+        raise PromptError(
+            f"point_coords must have shape (N, 2) as (x, y) pixels; got shape {pts.shape}: "
+            f"{_short(point_coords)}"
+        )
     labels = _finite_array(point_labels, "point_labels")
     if labels.ndim > 1 or (labels.ndim == 0 and len(pts) != 1):
         raise PromptError(f"point_labels must have shape (N,); got shape {labels.shape}")
