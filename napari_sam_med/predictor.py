@@ -155,7 +155,7 @@ class SamPredictor:
             pts, labels = _points_and_labels(point_coords, point_labels)
             if len(pts) == 0 and box is None and mask_input is None and not has_text:
                 raise PromptError("empty prompt: point_coords has no points and there is no box")
-            _check_inside(pts, w, h, "point")
+            _check_inside(pts, w, h, "point_coords point")
             coords_t = torch.as_tensor(geom.coords_to_input(pts), device=self.device)[None]
             labels_t = torch.as_tensor(labels, dtype=torch.int64, device=self.device)[None]
         if box is not None:

@@ -7,23 +7,29 @@ by hand: only the few fields needed) and refuses, naming the file, the claimed s
 available bytes, when:
 
 * uncompressed data: the file (or the detached data file) holds fewer bytes than claimed;
+* text data (NRRD ``ascii``/``hex``, MetaImage ``BinaryData = False``): fewer characters than
+  values claimed;
 * gzip data (``.nii.gz``, NRRD ``encoding: gzip``): the stream decompresses to fewer bytes than
-  claimed (the gzip trailer is checked first; the stream is decompressed, in 64 KiB chunks,
-  only when the trailer disagrees);
-* any compressed data (also zlib MetaImage and bzip2 NRRD): the claim exceeds
-  :data:`MAX_COMPRESSION_RATIO` times the compressed bytes (deflate cannot compress more than
-  about 1032:1, so such a claim cannot be true) -- this is the documented cap;
+  claimed (the gzip trailer is checked first; the stream is decompressed, in 64 KiB steps with
+  flat memory, only when the trailer disagrees); zlib (MetaImage: ITK pads a short stream with
+  zeros without a word) and bzip2 (NRRD) streams are always measured that way;
+* any compressed data: the claim exceeds :data:`MAX_COMPRESSION_RATIO` (1032) times the
+  compressed bytes (deflate cannot compress more than about 1032:1, so such a claim cannot be
+  true) -- this is the documented cap for compressed data, checked without decompressing;
 * any data: the claim exceeds the memory the system has available (MemAvailable + free swap).
 
-Layouts the parser does not follow (NRRD ``data file: LIST``, MetaImage file lists) only get the
-memory check. Missing detached data files are named.
+Missing detached data files are named. File lists and patterns (NRRD ``data file: LIST`` or
+``%03d``, MetaImage ``LIST``) are bounded by the bytes of all files beside the header and in the
+pattern's folder. Sizes of unknown element types count as one byte, so a valid file is never
+refused.
 """
 
 from __future__ import annotations
 
-import gzip
+import bz2
 import os
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from .geometry import VolumeError
@@ -49,40 +55,61 @@ def check_claimed_size(path: Path, kind: str) -> None:
         kind: ``"nifti"``, ``"nrrd"`` or ``"metaimage"``.
     """
     if kind == "nifti":
-        claimed, data, offset, encoding = _nifti_claim(path)
+        claim = _nifti_claim(path)
     elif kind == "nrrd":
-        claimed, data, offset, encoding = _nrrd_claim(path)
+        claim = _nrrd_claim(path)
     elif kind == "metaimage":
-        claimed, data, offset, encoding = _meta_claim(path)
+        claim = _meta_claim(path)
     else:
         return
-    _check_memory(path, claimed)
-    if data is None:
+    if claim is None:  # not this format at all: the reader reports it
         return
-    if not data.is_file():
-        raise VolumeError(f"{path}: its header names the data file {data}, which does not exist")
-    _check_bytes(path, data, offset, claimed, encoding)
+    _check_memory(path, claim.nbytes)
+    if isinstance(claim.data, list):  # several data files: the folder's bytes bound them
+        stored = sum(f.stat().st_size for f in claim.data if f.is_file())
+        _check_stored(path, claim, stored, " (data files in the header's folder)")
+        return
+    if not claim.data.is_file():
+        raise VolumeError(
+            f"{path}: its header names the data file {claim.data}, which does not exist"
+        )
+    size = claim.data.stat().st_size
+    where = "" if claim.data == path else f" (data file {claim.data})"
+    _check_stored(path, claim, size - claim.offset if claim.offset >= 0 else size, where)
+    if claim.encoding in ("gzip", "zlib", "bzip2"):
+        actual = _decompressed_length(claim.data, claim.offset, claim.nbytes, claim.encoding)
+        if actual < claim.nbytes:
+            raise _short(path, claim.nbytes, actual,
+                         f"bytes after decompressing the {claim.encoding} data{where}")  # fmt: skip
 
 
-def _check_bytes(path: Path, data: Path, offset: int, claimed: int, encoding: str) -> None:
-    size = data.stat().st_size
-    where = "" if data == path else f" (data file {data})"
-    stored = size - offset if offset >= 0 else size
-    if encoding == "raw":
-        if offset < 0:  # data at the end of the file: the file must at least hold it
-            stored = size
-        if stored < claimed:
-            raise _short(path, claimed, stored, "bytes of data on disk" + where)
-        return
-    if claimed > MAX_COMPRESSION_RATIO * max(stored, 1) + 1024:
+@dataclass
+class _Claim:
+    """What a header claims: ``nbytes`` of voxel data (``elements`` values) stored in ``data``
+    (one file from ``offset``, -1 = at its end; or several files) with ``encoding`` (``raw``,
+    ``gzip``, ``bzip2``, ``zlib`` or ``text``)."""
+
+    nbytes: int
+    elements: int
+    data: Path | list[Path]
+    offset: int = 0
+    encoding: str = "raw"
+
+
+def _check_stored(path: Path, claim: _Claim, stored: int, where: str) -> None:
+    if claim.encoding == "raw" and stored < claim.nbytes:
+        raise _short(path, claim.nbytes, stored, "bytes of data on disk" + where)
+    if claim.encoding == "text" and stored < claim.elements:  # at least one character each
         raise _short(
-            path, claimed, stored, "compressed bytes on disk" + where,
-            f"; {encoding} data cannot expand more than {MAX_COMPRESSION_RATIO}:1",
+            path, claim.nbytes, stored, "characters of text data on disk" + where,
+            f" for {claim.elements} values",
         )  # fmt: skip
-    if encoding == "gzip":
-        actual = _gzip_length(data, offset, claimed)
-        if actual < claimed:
-            raise _short(path, claimed, actual, "bytes after decompressing the gzip data" + where)
+    if claim.encoding in ("gzip", "bzip2", "zlib"):
+        if claim.nbytes > MAX_COMPRESSION_RATIO * max(stored, 1) + 1024:
+            raise _short(
+                path, claim.nbytes, stored, "compressed bytes on disk" + where,
+                f"; {claim.encoding} data cannot expand more than {MAX_COMPRESSION_RATIO}:1",
+            )  # fmt: skip
 
 
 def _short(path: Path, claimed: int, available: int, what: str, note: str = "") -> VolumeError:
@@ -119,39 +146,52 @@ def available_memory() -> int | None:
         return None
 
 
-def _gzip_length(data: Path, offset: int, claimed: int) -> int:
-    """Decompressed length of the gzip stream at ``offset`` (stops counting at ``claimed``)."""
+def _decompressed_length(data: Path, offset: int, claimed: int, encoding: str) -> int:
+    """Decompressed length of the stream at ``offset`` (counting stops at ``claimed``), in
+    64 KiB steps so memory stays flat; gzip's trailer is tried first."""
     with open(data, "rb") as fh:
-        if offset <= 0:  # whole file, or data at the end: the trailer holds ISIZE mod 2**32
-            fh.seek(-4, os.SEEK_END)
+        if encoding == "gzip" and offset <= 0 and os.fstat(fh.fileno()).st_size >= 4:
+            fh.seek(-4, os.SEEK_END)  # the gzip trailer holds ISIZE mod 2**32
             if int.from_bytes(fh.read(4), "little") == claimed % 2**32:
                 return claimed
         fh.seek(max(offset, 0))
+        bzip = encoding == "bzip2"
+        # gzip: header auto-detected (wbits 47); zlib: zlib header (MetaImage)
+        wbits = 15 if encoding == "zlib" else 47
+        dec = bz2.BZ2Decompressor() if bzip else zlib.decompressobj(wbits)
         actual = 0
         try:
-            with gzip.GzipFile(fileobj=fh) as gz:
-                while actual < claimed and (chunk := gz.read(1 << 16)):
-                    actual += len(chunk)
-        except (OSError, EOFError, zlib.error):
+            while actual < claimed and not dec.eof:
+                if bzip:
+                    chunk = fh.read(1 << 16) if dec.needs_input else b""
+                    out = dec.decompress(chunk, max_length=1 << 16)
+                else:
+                    chunk = dec.unconsumed_tail or fh.read(1 << 16)
+                    out = dec.decompress(chunk, 1 << 16)
+                if not chunk and not out:
+                    break
+                actual += len(out)
+        except (OSError, EOFError, ValueError, zlib.error):
             pass  # a truncated or corrupt stream ends early: `actual` is what could be read
     return actual
 
 
 # ------------------------------------------------------------------------------ NIfTI
-def _nifti_claim(path: Path) -> tuple[int, Path, int, str]:
+def _nifti_claim(path: Path) -> _Claim:
     import nibabel
     import numpy as np
 
     try:
         proxy = nibabel.load(str(path)).dataobj  # reads the header only
-        claimed = _product(proxy.shape) * np.dtype(proxy.dtype).itemsize
+        elements = _product(proxy.shape)
+        claimed = elements * np.dtype(proxy.dtype).itemsize
         offset = int(proxy.offset)
     except Exception as err:  # noqa: BLE001 - nibabel raises many types for a bad header
         text = " ".join(str(err).split())[:200] or type(err).__name__
         raise VolumeError(f"{path}: not a readable NIfTI file ({text})") from None
     if path.name.lower().endswith(".gz"):
-        return offset + claimed, path, 0, "gzip"
-    return claimed, path, offset, "raw"
+        return _Claim(offset + claimed, elements, path, 0, "gzip")
+    return _Claim(claimed, elements, path, offset, "raw")
 
 
 def _product(values) -> int:
@@ -162,10 +202,10 @@ def _product(values) -> int:
 
 
 # ------------------------------------------------------------------------------- NRRD
-def _nrrd_claim(path: Path) -> tuple[int, Path | None, int, str]:
+def _nrrd_claim(path: Path) -> _Claim | None:
     lines, header_end = _text_header(path, lambda ln: ln == "")
     if not lines or not lines[0].startswith("NRRD"):
-        return 0, None, 0, "raw"  # not NRRD: SimpleITK's reader reports it
+        return None
     fields: dict[str, str] = {}
     for ln in lines[1:]:
         if ln.startswith("#") or ":=" in ln or ":" not in ln:
@@ -180,22 +220,17 @@ def _nrrd_claim(path: Path) -> tuple[int, Path | None, int, str]:
     if any(s < 0 for s in sizes):
         raise VolumeError(f"{path}: NRRD header has negative sizes {sizes}")
     elem = fields.get("block size") if kind == "block" else None
-    itemsize = int(elem) if elem and elem.isdigit() else _nrrd_itemsize(kind)
-    claimed = _product(sizes) * itemsize
+    elements = _product(sizes)
+    claimed = elements * (int(elem) if elem and elem.isdigit() else _nrrd_itemsize(kind))
     encoding = _encoding(fields.get("encoding", "raw").lower())
-    if encoding is None:  # text encodings: no byte count to compare
-        return claimed, None, 0, "raw"
     datafile = fields.get("data file", fields.get("datafile"))
-    byte_skip = _int(fields.get("byte skip", "0"))
-    if datafile is None:
-        if fields.get("line skip", "0") != "0" or byte_skip:
-            return claimed, None, 0, encoding
-        return claimed, path, header_end, encoding
+    if datafile is None:  # attached: line/byte skips only make less data available
+        return _Claim(claimed, elements, path, header_end, encoding)
     if datafile.startswith("LIST") or "%" in datafile or " " in datafile:
-        return claimed, None, 0, encoding
-    if fields.get("line skip", "0") != "0":
-        return claimed, None, 0, encoding
-    return claimed, _relative(path, datafile), -1 if byte_skip == -1 else byte_skip, encoding
+        return _Claim(claimed, elements, _folder_files(path, datafile), 0, encoding)
+    byte_skip = _int(fields.get("byte skip", "0"))
+    offset = -1 if byte_skip == -1 else max(byte_skip, 0)
+    return _Claim(claimed, elements, _relative(path, datafile), offset, encoding)
 
 
 def _nrrd_itemsize(kind: str) -> int:
@@ -205,14 +240,21 @@ def _nrrd_itemsize(kind: str) -> int:
     return 1  # unknown: the smallest size, so the check never refuses a valid file
 
 
-def _encoding(value: str) -> str | None:
-    if value in ("raw",):
-        return "raw"
+def _encoding(value: str) -> str:
     if value in ("gzip", "gz"):
         return "gzip"
     if value in ("bzip2", "bz2"):
         return "bzip2"
-    return None
+    if value in ("ascii", "text", "txt", "hex"):
+        return "text"
+    return "raw"  # raw, or unknown (the reader refuses those)
+
+
+def _folder_files(header: Path, datafile: str) -> list[Path]:
+    """Every file that a LIST / pattern data-file field can name: the files beside the
+    header and in the pattern's sub-folder (an upper bound of the data available)."""
+    folders = {header.parent, _relative(header, datafile.split()[0]).parent}
+    return [f for d in folders if d.is_dir() for f in d.iterdir() if f != header]
 
 
 def _int(value: str) -> int:
@@ -228,7 +270,7 @@ def _relative(header: Path, name: str) -> Path:
 
 
 # -------------------------------------------------------------------------- MetaImage
-def _meta_claim(path: Path) -> tuple[int, Path | None, int, str]:
+def _meta_claim(path: Path) -> _Claim:
     lines, header_end = _text_header(path, lambda ln: ln.lower().startswith("elementdatafile"))
     fields: dict[str, str] = {}
     for ln in lines:
@@ -240,24 +282,24 @@ def _meta_claim(path: Path) -> tuple[int, Path | None, int, str]:
         etype = fields["elementtype"].upper().removeprefix("MET_").removesuffix("_ARRAY")
         channels = int(fields.get("elementnumberofchannels", "1"))
         datafile = fields["elementdatafile"]
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, OverflowError) as exc:
         raise VolumeError(
             f"{path}: MetaImage header without valid DimSize/ElementType/ElementDataFile ({exc})"
         ) from None
-    if any(d < 0 for d in dims) or channels < 1:
+    if any(d < 0 for d in dims):
         raise VolumeError(f"{path}: MetaImage header has negative sizes {dims}")
-    claimed = _product(dims) * max(channels, 1) * _MET_SIZES.get(etype, 1)
-    compressed = fields.get("compresseddata", "false").lower() == "true"
-    binary = fields.get("binarydata", "true").lower() == "true"
-    if not binary:
-        return claimed, None, 0, "raw"
-    encoding = "zlib" if compressed else "raw"
-    header_size = _int(fields.get("headersize", "0"))
+    elements = _product(dims) * max(channels, 1)
+    claimed = elements * _MET_SIZES.get(etype, 1)
+    encoding = "zlib" if fields.get("compresseddata", "false").lower() == "true" else "raw"
+    if fields.get("binarydata", "true").lower() != "true":
+        encoding = "text"
     if datafile.upper() == "LOCAL":
-        return claimed, path, header_end, encoding
+        return _Claim(claimed, elements, path, header_end, encoding)
     if datafile.upper().startswith("LIST") or "%" in datafile or " " in datafile:
-        return claimed, None, 0, encoding
-    return claimed, _relative(path, datafile), -1 if header_size == -1 else header_size, encoding
+        return _Claim(claimed, elements, _folder_files(path, datafile), 0, encoding)
+    header_size = _int(fields.get("headersize", "0"))
+    offset = -1 if header_size == -1 else max(header_size, 0)
+    return _Claim(claimed, elements, _relative(path, datafile), offset, encoding)
 
 
 # ----------------------------------------------------------------------------- common

@@ -31,9 +31,9 @@ def nrrd(path: Path, sizes="2048 2048 512", encoding="raw", data=b"\0" * 4096, e
     return path
 
 
-def meta(path: Path, datafile="LOCAL", data=b"\0" * 4096, extra="") -> Path:
+def meta(path: Path, datafile="LOCAL", data=b"\0" * 4096, extra="", dims="2048 2048 512"):
     head = (
-        "ObjectType = Image\nNDims = 3\nDimSize = 2048 2048 512\nElementType = MET_FLOAT\n"
+        f"ObjectType = Image\nNDims = 3\nDimSize = {dims}\nElementType = MET_FLOAT\n"
         f"{extra}ElementDataFile = {datafile}\n"
     )
     path.write_bytes(head.encode() + data)
@@ -69,6 +69,14 @@ def hostile_headers(d: Path) -> dict[str, tuple[Path, str]]:
                          rf"g\.mhd: .*{claim} 4096 bytes .*short\.raw"),
         "mhd_missing": (meta(d / "h.mhd", datafile="nothere.raw", data=b""),
                         r"h\.mhd: its header names the data file .*nothere\.raw.*does not exist"),
+        "nrrd_ascii": (nrrd(d / "k.nrrd", encoding="ascii", data=b"1 2 3\n"),
+                       rf"k\.nrrd: .*{claim} 6 characters of text data"),
+        "nhdr_pattern": (nrrd(d / "l.nhdr", data=b"", extra="data file: s%03d.raw 0 511 1\n"),
+                         rf"l\.nhdr: .*{claim} \d+ bytes .*data files in the header's folder"),
+        "mha_zlib_measured": (
+            meta(d / "m.mha", data=zlib.compress(np.random.default_rng(0).bytes(100_000)),
+                 extra="CompressedData = True\n", dims="4096 4096 1"),
+            r"m\.mha: .*claims 67108864 bytes .*only 100000 bytes after decompressing the zlib"),
         "nii": (nifti(d / "i.nii"), rf"i\.nii: .*{claim} \d+ bytes of data on disk"),
         "nii_gz": (nifti(d / "j.nii.gz"), r"j\.nii\.gz: .*claims \d+ bytes .*but only \d+"),
     }  # fmt: skip
