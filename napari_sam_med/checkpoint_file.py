@@ -1,9 +1,11 @@
 """Read a checkpoint file safely: ``torch.load(weights_only=True)`` on the CPU, with errors
 that say what the file is.
 
-A file that fails to load is told apart without running it (:mod:`pickletools` only lists
-opcodes): a pickle that builds Python objects (``GLOBAL``/``REDUCE``...: loading it would run
-code), versus bytes that are not a checkpoint at all (random data, text, an empty file).
+A file that fails to load is told apart without running it: a pickle that builds Python
+objects (torch's weights-only unpickler names a blocked ``GLOBAL``, or, for a bare pickle that
+it cannot even parse, :mod:`pickletools` lists ``GLOBAL``/``REDUCE``... opcodes: loading it would
+run code), versus bytes that are not a checkpoint at all (random data, text, an empty file,
+a damaged archive).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def load_state_dict_file(path: str | os.PathLike) -> Any:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if describe_file(p) == "code":
+        if "GLOBAL" in str(exc) or describe_file(p) == "code":
             raise CheckpointError(
                 f"refusing to load {p}: it contains Python objects that would run code when "
                 f"unpickled, and only plain tensors/dicts are accepted (weights_only=True). "
