@@ -6,6 +6,7 @@ noise on stderr).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pickle
 import re
@@ -190,6 +191,21 @@ def test_overwrite_and_resume(tmp_path: Path, tiny_ckpt: str, capsys) -> None:
     assert main([*argv, "--overwrite"]) == 0 and out.stat().st_mtime_ns != stamp
     qc = sorted(p.name for p in (tmp_path / "qc").iterdir())
     assert qc == ["out_qc.json", "out_qc.png"]  # replaced in place, no temp files left
+
+
+def test_series_uid_flag_picks_a_dicom_series(tmp_path: Path, tiny_ckpt: str, capfd) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "_dicom_helpers", Path(__file__).parent / "volume" / "test_dicom.py"
+    )
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    helpers.write_series(tmp_path / "mixed", "1.2.3.4.10", "abdomen", 4)
+    helpers.write_series(tmp_path / "mixed", "1.2.3.4.20", "thorax", 3, value=100)
+    argv = _pre("mixed")(tmp_path, tiny_ckpt)
+    assert main(argv) == 2
+    assert "holds 2 DICOM series, choose one with --series-uid" in capfd.readouterr().err
+    assert main([*argv, "--series-uid", "1.2.3.4.20"]) == 0
+    assert "3 slices cached" in capfd.readouterr().out
 
 
 # ---------------------------------------------------------------------------- Python API

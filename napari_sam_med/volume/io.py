@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import OutputExistsError
 from ..outputs import atomic_output, check_output
 from .dicom import list_dicom_series, read_dicom_series, read_rtstruct
 from .geometry import (
@@ -237,6 +238,8 @@ def write_volume(
                 sitk.WriteImage(image, str(tmp), compress)
             except RuntimeError as err:
                 raise VolumeError(f"{path}: writing failed ({_first_line(err)})") from None
+    except OutputExistsError:
+        raise
     except OSError as err:
         raise VolumeError(f"{path}: writing failed ({err})") from None
     logger.info("wrote %s %s (z, y, x) %s", path, vol.array.shape, vol.array.dtype)

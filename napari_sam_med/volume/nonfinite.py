@@ -41,8 +41,8 @@ def _as_zyx(mask: np.ndarray, component: int | None) -> np.ndarray:
     """nibabel's ``(x, y, z[, t[, c]])`` mask as SimpleITK's ``(z, y, x)`` array of the chosen
     volume (data are not reoriented by either library: only the axis order differs)."""
     k = component or 0
-    if mask.ndim == 2:
-        mask = mask[:, :, None]
+    if mask.ndim < 3:
+        mask = mask.reshape(mask.shape + (1,) * (3 - mask.ndim))
     elif mask.ndim == 4:
         mask = mask[..., min(k, mask.shape[3] - 1)]
     elif mask.ndim == 5:
