@@ -249,33 +249,18 @@ def _check_text_support(cases: list, model: Any, model_arg: str) -> None:
 
 def _run_with_progress(cases, model, args, kwargs, quiet: bool) -> list:
     """Run the cases with a per-case bar and a per-slice bar (tqdm, on stderr)."""
-    from tqdm import tqdm
-
+    from .cli_progress import CaseBars
     from .volume.segment import run_cases
 
-    off = args.no_progress or quiet
+    bars = CaseBars(len(cases), disable=args.no_progress or quiet)
     results = []
-    # delay: no bar is drawn for runs that end (or fail) within half a second
-    outer = tqdm(total=len(cases), desc="cases", unit="case", disable=off or len(cases) < 2,
-                 delay=0.5, position=0)  # fmt: skip
-    inner = tqdm(desc="slices", unit="slice", leave=False, disable=off, delay=0.5, position=1)
-    state = {"key": None}
-
-    def on_progress(ev) -> None:
-        key = (ev.case, ev.object_index)
-        if key != state["key"]:
-            state["key"] = key
-            inner.reset(total=ev.total)
-            inner.set_description(f"{ev.case} object {ev.object_index + 1}/{ev.num_objects}")
-        inner.update(ev.done - inner.n)
-
-    for r in run_cases(cases, model, debug=args.debug, on_progress=on_progress, **kwargs):
-        results.append(r)
-        outer.update(1)
-        if r.status == "failed" and len(cases) > 1:
-            tqdm.write(f"FAILED {r.name}: {r.error}", file=sys.stderr)
-    inner.close()
-    outer.close()
+    try:
+        for r in run_cases(cases, model, debug=args.debug, on_progress=bars.on_progress, **kwargs):
+            results.append(r)
+            failed = r.status == "failed" and len(cases) > 1
+            bars.case_done(len(results), f"FAILED {r.name}: {r.error}" if failed else None)
+    finally:
+        bars.close()
     return results
 
 
@@ -320,9 +305,8 @@ def cmd_auto(args: argparse.Namespace) -> int:
     """``sam-med auto``: automatic masks slice by slice, linked into 3D labels (one or a batch)."""
     from functools import partial
 
-    from tqdm import tqdm
-
     from .amg import settings_for_model
+    from .cli_progress import LazyBar
     from .outputs import check_output
     from .volume.auto import find_volumes, run_auto_batch
     from .volume.io import write_labels
@@ -341,13 +325,10 @@ def cmd_auto(args: argparse.Namespace) -> int:
     amg = settings_for_model(
         model.config.name, args.prompt_type, args.pred_iou_thresh, args.stability_thresh
     )
-    bar = tqdm(desc="slices", unit="slice", disable=args.no_progress, delay=0.5)
+    bar = LazyBar(args.no_progress, desc="slices", unit="slice")
 
     def on_progress(ev) -> None:
-        if ev.done < bar.n:  # the next volume of a batch
-            bar.reset()
-        bar.total = ev.total
-        bar.update(ev.done - bar.n)
+        bar.progress(ev.done, ev.total)
 
     segment = partial(
         segment_automatic, slices=args.slices, link_iou=args.link_iou,
@@ -371,7 +352,7 @@ def cmd_auto(args: argparse.Namespace) -> int:
         return 0
     report = run_auto_batch(
         model, images, args.out_dir, segment, preset_for,
-        on_case=lambda i, n, name: bar.set_description(f"{name} ({i + 1}/{n})"),
+        on_case=lambda i, n, name: bar.describe(f"{name} ({i + 1}/{n})"),
         overwrite=args.overwrite, nonfinite_fill=args.nonfinite_fill,
     )  # fmt: skip
     bar.close()

@@ -287,8 +287,7 @@ def model_cache(args: argparse.Namespace):
 
 def cmd_precompute(args: argparse.Namespace) -> int:
     """``sam-med precompute``: fill the embedding cache for the listed images."""
-    from tqdm import tqdm
-
+    from .cli_progress import LazyBar
     from .volume.io import read_volume
     from .volume.segment import resolve_preset
     from .volume.slices import SliceSegmenter
@@ -303,11 +302,10 @@ def cmd_precompute(args: argparse.Namespace) -> int:
         seg = SliceSegmenter(model, vol.array, preset=preset, cache=cache)
         todo = slice_range(args.slices, vol.array.shape[0])
         before = seg.encoder_calls
-        bar = tqdm(desc=Path(path).name, unit="slice", disable=args.no_progress, delay=0.5)
+        bar = LazyBar(args.no_progress, desc=Path(path).name, unit="slice")
         done = 0
         for done, total, _z in seg.precompute(todo):
-            bar.total = total
-            bar.update(done - bar.n)
+            bar.progress(done, total)
         bar.close()
         where = cache.cache_dir or "memory only"
         print(f"{path}: {done} slices cached ({seg.encoder_calls - before} computed, "

@@ -7,6 +7,7 @@ noise on stderr).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import pickle
 import re
@@ -191,6 +192,24 @@ def test_overwrite_and_resume(tmp_path: Path, tiny_ckpt: str, capsys) -> None:
     assert main([*argv, "--overwrite"]) == 0 and out.stat().st_mtime_ns != stamp
     qc = sorted(p.name for p in (tmp_path / "qc").iterdir())
     assert qc == ["out_qc.json", "out_qc.png"]  # replaced in place, no temp files left
+
+
+def test_manifest_bars_close_cleanly(tmp_path: Path, tiny_ckpt: str, capfd) -> None:
+    """Two bars (cases over slices) and a failing case in between: the failure is printed
+    above the bars, the slice bar is cleared and the case bar ends complete on its own line."""
+    _ct(tmp_path / "a.nii.gz")
+    box = {"box3d": [14, 10, 0, 34, 28, 11]}
+    cases = [{"image": "a.nii.gz", "objects": [box, {"box": [14, 10, 34, 28], "slice": 6}]},
+             {"image": "missing.nii.gz", "objects": [box]},
+             {"image": "a.nii.gz", "output": "again.nii.gz", "objects": [box]}]  # fmt: skip
+    (tmp_path / "m.json").write_text(json.dumps({"cases": cases}))
+    argv = ["segment", "--manifest", str(tmp_path / "m.json"), "--out-dir", str(tmp_path / "o"),
+            "--model", tiny_ckpt, "--device", "cpu", "--no-disk-cache"]  # fmt: skip
+    assert main(argv) == 1
+    err = capfd.readouterr().err
+    assert re.search(r"FAILED missing_seg: .*missing\.nii\.gz: no such file", err)
+    last = err.split("\r")[-1]
+    assert re.fullmatch(r"cases: 100%.*\| 3/3 \[.*\]\n", last), repr(err[-300:])
 
 
 def test_series_uid_flag_picks_a_dicom_series(tmp_path: Path, tiny_ckpt: str, capfd) -> None:
