@@ -91,10 +91,12 @@ def micro_batches(
     if per_epoch == 0:
         raise ValueError(f"data.samples_per_epoch={n} < batch_size*world={batch * world}")
     j = start
+    perm_epoch, perm = -1, []
     while True:
         epoch, k = divmod(j, per_epoch)
-        g = torch.Generator().manual_seed(int(seed) * 100_003 + epoch)
-        perm = torch.randperm(n, generator=g).tolist()
+        if epoch != perm_epoch:  # one permutation per epoch (not per micro-batch)
+            g = torch.Generator().manual_seed(int(seed) * 100_003 + epoch)
+            perm_epoch, perm = epoch, torch.randperm(n, generator=g).tolist()
         chunk = perm[k * batch * world : (k + 1) * batch * world]
         yield epoch, chunk[rank::world]
         j += 1
