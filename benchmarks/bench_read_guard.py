@@ -26,9 +26,9 @@ from napari_sam_med.volume.io import read_volume
 
 def _median_pair(path: Path, repeat: int) -> tuple[float, float]:
     ours, plain = [], []
+    pair = ((lambda: read_volume(path), ours), (lambda: sitk.ReadImage(str(path)), plain))
     for k in range(repeat):
-        for fn, out in ((lambda: read_volume(path), ours),
-                        (lambda: sitk.ReadImage(str(path)), plain))[:: 1 if k % 2 else -1]:  # fmt: skip
+        for fn, out in pair[:: 1 if k % 2 else -1]:  # alternate which goes first
             t0 = time.perf_counter()
             fn()
             out.append(time.perf_counter() - t0)
