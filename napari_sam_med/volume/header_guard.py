@@ -150,8 +150,8 @@ def _decompressed_length(data: Path, offset: int, claimed: int, encoding: str) -
     """Decompressed length of the stream at ``offset`` (counting stops at ``claimed``), in
     64 KiB steps so memory stays flat; gzip's trailer is tried first."""
     with open(data, "rb") as fh:
-        if encoding == "gzip" and offset <= 0 and os.fstat(fh.fileno()).st_size >= 4:
-            fh.seek(-4, os.SEEK_END)  # the gzip trailer holds ISIZE mod 2**32
+        if encoding == "gzip" and os.fstat(fh.fileno()).st_size - max(offset, 0) >= 18:
+            fh.seek(-4, os.SEEK_END)  # the stream runs to the end: its trailer holds ISIZE
             if int.from_bytes(fh.read(4), "little") == claimed % 2**32:
                 return claimed
         fh.seek(max(offset, 0))

@@ -1,9 +1,9 @@
 """NaN/Inf voxels: find them in every format, refuse them, or fill them on request.
 
 SimpleITK's NIfTI reader turns NaN/Inf into 0 before we see the array, so for NIfTI the
-non-finite voxels are found in the file itself with nibabel (float data only, read in chunks of
-slices) and mapped onto the array SimpleITK returns; the other formats keep NaN/Inf and are
-checked on the array.
+non-finite voxels are found in the file itself (header through nibabel; float data only, one
+streamed pass) and mapped onto the array SimpleITK returns; the other formats keep NaN/Inf and
+are checked on the array.
 """
 
 from __future__ import annotations
@@ -19,21 +19,36 @@ CHUNK_BYTES = 64 << 20
 
 def nifti_nonfinite_mask(path: Path, component: int | None) -> np.ndarray | None:
     """Boolean ``(z, y, x)`` mask of the NaN/Inf voxels of a NIfTI file's float data (the
-    selected ``component`` of 4D data), or None when the data are integers or hold none."""
+    selected ``component`` of 4D data), or None when the data are integers or hold none.
+
+    One sequential pass over the stored values (``.nii.gz`` decompressed as a stream), in
+    chunks of :data:`CHUNK_BYTES`; memory beyond a chunk only when there is something to report.
+    """
     import nibabel
+    from nibabel.openers import ImageOpener
 
     proxy = nibabel.load(str(path)).dataobj
-    if np.dtype(proxy.dtype).kind not in "fc" or 0 in proxy.shape:
-        return None
+    dtype = np.dtype(proxy.dtype)  # with the file's byte order
     shape = tuple(int(s) for s in proxy.shape)
-    mask = np.zeros(shape, bool)
-    last = shape[-1]
-    per = max(1, CHUNK_BYTES // max(1, mask.size // last * np.dtype(proxy.dtype).itemsize))
-    for a in range(0, last, per):
-        b = min(a + per, last)
-        mask[..., a:b] = ~np.isfinite(np.asarray(proxy[..., a:b]))
-    if not mask.any():
+    total = int(np.prod(shape, dtype=np.int64))
+    if dtype.kind not in "fc" or total == 0:
         return None
+    step = max(1, CHUNK_BYTES // dtype.itemsize)
+    bad = []
+    with ImageOpener(str(path)) as fh:
+        fh.seek(int(proxy.offset))
+        for start in range(0, total, step):
+            raw = fh.read(min(step, total - start) * dtype.itemsize)
+            values = np.frombuffer(raw, dtype, count=len(raw) // dtype.itemsize)
+            idx = np.flatnonzero(~np.isfinite(values))
+            if idx.size:
+                bad.append(idx + start)
+            if values.size < min(step, total - start):
+                break  # short file: the size check (header_guard) reports it
+    if not bad:
+        return None
+    mask = np.zeros(shape, bool, order="F")
+    mask.reshape(-1, order="F")[np.concatenate(bad)] = True  # NIfTI stores x fastest
     return _as_zyx(mask, component)
 
 
