@@ -60,22 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (sub-commands segment, precompute, auto, info, evaluate, export)."""
     p = argparse.ArgumentParser(prog="sam-med", description="Segment Anything for CT/MRI tumours.")
     sub = p.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    common.add_argument("--debug", action="store_true", help="show tracebacks")
-    model = argparse.ArgumentParser(add_help=False, parents=[common])
-    model.add_argument("--model", default="lite_medsam", help="registry name or checkpoint file")
-    model.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps")
-    model.add_argument("--preset", help="intensity preset (default: from the modality)")
-    model.add_argument("--modality", help="CT or MR, to guess the preset (manifest: default)")
-    model.add_argument("--no-progress", action="store_true", help="no progress bars")
-    cache = argparse.ArgumentParser(add_help=False)
-    cache.add_argument("--cache-dir", type=Path, help="embedding cache (default: user cache)")
-    cache.add_argument("--no-disk-cache", action="store_true", help="keep embeddings in memory")
+    common, model, cache = _parent_parsers()
     from .cli_extra import add_commands, cmd_info, cmd_precompute, output_options, volume_options
 
     vol, out = volume_options(), output_options()
-
     s = sub.add_parser(
         "segment", parents=[model, cache, vol, out], help="segment objects from prompts"
     )
@@ -130,6 +118,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(sub, common, model, out)  # evaluate, export, replay (the data engine)
     return p
+
+
+def _parent_parsers() -> tuple[argparse.ArgumentParser, ...]:
+    """The shared option groups: ``common`` (-v, --debug), ``model`` (+ --model, --device,
+    --preset, --modality, --no-progress) and ``cache`` (--cache-dir, --no-disk-cache)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    model = argparse.ArgumentParser(add_help=False, parents=[common])
+    model.add_argument("--model", default="lite_medsam", help="registry name or checkpoint file")
+    model.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps")
+    model.add_argument("--preset", help="intensity preset (default: from the modality)")
+    model.add_argument("--modality", help="CT or MR, to guess the preset (manifest: default)")
+    model.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cache = argparse.ArgumentParser(add_help=False)
+    cache.add_argument("--cache-dir", type=Path, help="embedding cache (default: user cache)")
+    cache.add_argument("--no-disk-cache", action="store_true", help="keep embeddings in memory")
+    return common, model, cache
 
 
 # ---------------------------------------------------------------------------- segment

@@ -86,6 +86,15 @@ def output_options() -> argparse.ArgumentParser:
     return o
 
 
+def claim_outputs(overwrite: bool, *paths: Path) -> tuple[Path, ...]:
+    """Apply the overwrite rule to a command's output files before any work; returns them."""
+    from .outputs import check_output
+
+    for path in paths:
+        check_output(path, overwrite)
+    return paths
+
+
 def slice_range(slices: list[int] | None, depth: int | None = None) -> list[int] | None:
     """The slices of an inclusive ``--slices Z0 Z1`` (None: all); a usage error when the range
     is inverted or empty, or (with ``depth``) lies outside ``0..depth-1``."""
@@ -125,12 +134,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         write_csv,
     )
     from .export import discover_cases
-    from .outputs import check_output
 
     out = args.out_dir
-    outputs = [out / "summary.csv", out / "objects.csv", out / "dice_vs_clicks.png"]
-    for path in outputs:
-        check_output(path, args.overwrite)
+    outputs = claim_outputs(args.overwrite, out / "summary.csv", out / "objects.csv",
+                            out / "dice_vs_clicks.png")  # fmt: skip
     specs = args.models or [args.model]
     names = [_model_name(s) for s in specs]
     if len(set(names)) != len(names):
@@ -184,15 +191,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    """``sam-med replay``: the session's objects from their logged prompts with a model, and
-    the per-object Dice between the logged and the replayed masks."""
+    """``sam-med replay``: a session's logged prompts re-run with a model; Dice vs the log."""
     from tqdm import tqdm
 
     from .build import build_sam
     from .device import resolve_device
     from .evaluate import write_csv
     from .export import case_name
-    from .outputs import check_output
     from .volume.io import read_volume, write_labels
     from .volume.segment import resolve_preset
     from .volume.session_log import (
@@ -216,9 +221,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             f"on an image of shape {info['shape_zyx']}; pass the session's image with --image"
         )
     case = case_name(image)
-    out_paths = (args.out / f"{case}_replay.nii.gz", args.out / f"{case}_replay_dice.csv")
-    for path in out_paths:
-        check_output(path, args.overwrite)
+    out_paths = claim_outputs(args.overwrite, args.out / f"{case}_replay.nii.gz",
+                              args.out / f"{case}_replay_dice.csv")  # fmt: skip
     logged_path = args.labels or labels_beside(args.session)
     logged = read_volume(logged_path).array if logged_path else None
     spec, ckpt = args.model, args.checkpoint
@@ -228,12 +232,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     preset = resolve_preset(args.preset or log.get("preset") or None, args.modality, vol)
     seg = SliceSegmenter(model, vol.array, preset, spacing=vol.spacing)
     state = final_objects(log)
-    bar = tqdm(desc="replay", unit="slice", disable=args.no_progress, delay=0.5)
-    steps = replay_objects(state, seg)
-    result = drive(steps, lambda p: (bar.set_postfix_str(f"object {p.label}"), bar.update(1)))
+    bar = tqdm(desc="replay", unit="slice", disable=args.no_progress)  # made as the work starts
+    show = lambda p: (bar.set_postfix_str(f"object {p.label}"), bar.update(1))  # noqa: E731
+    result = drive(replay_objects(state, seg), show)
     bar.close()
-    empty = logged if logged is not None else 0 * result.labels
-    rows = compare_labels(state, empty, result)
+    rows = compare_labels(state, logged if logged is not None else 0 * result.labels, result)
     if logged is None:
         for row in rows:
             row["logged_voxels"] = row["dice"] = None

@@ -24,3 +24,7 @@ class OutputExistsError(SamMedError, FileExistsError):
 
 class CheckpointError(SamMedError):
     """A checkpoint file is missing, corrupt, unsafe, or does not fit the configuration."""
+
+
+class ManifestError(SamMedError):
+    """A manifest (or a command line standing in for one) is malformed."""

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SamMedError
+from ..errors import ManifestError
 from .geometry import Volume, world_to_index
 from .io import WRITE_SUFFIXES, file_suffix
 
@@ -50,10 +50,6 @@ _OBJECT_KEYS = {
     "label", "name", "space", "box3d", "box", "slice", "points", "point_labels", "text",
     "text_slices",
 }  # fmt: skip
-
-
-class ManifestError(SamMedError):
-    """A manifest (or a command line standing in for one) is malformed."""
 
 
 @dataclass
