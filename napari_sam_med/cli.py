@@ -58,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (sub-commands segment, precompute, auto, info, evaluate, export)."""
+    from .cli_pacs import add_output_args, add_pacs_command
+
     p = argparse.ArgumentParser(prog="sam-med", description="Segment Anything for CT/MRI tumours.")
     sub = p.add_subparsers(dest="command", required=True)
     common, model, cache = _parent_parsers()
@@ -88,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="skip cases whose output is complete")
     s.add_argument("--summary", type=Path, help="also write the summary as JSON here")
     s.add_argument("--dist-timeout-hours", type=float, default=48.0, help=argparse.SUPPRESS)
+    add_output_args(s)  # --format seg|rtstruct, --overwrite (cli_pacs)
     s.set_defaults(func=cmd_segment)
 
     pc = sub.add_parser(
@@ -117,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
 
     add_commands(sub, common, model, out)  # evaluate, export, replay (the data engine)
+    add_pacs_command(sub, common, s, cmd_segment)
     return p
 
 
@@ -229,6 +233,7 @@ def _cases_from_args(args: argparse.Namespace) -> list:
         case["output"] = str(Path(args.output).resolve())  # -o is relative to the cwd
     if args.modality:
         case["modality"] = args.modality
+    case.update({"format": args.format} if getattr(args, "format", None) else {})
     data = {"space": args.space, "cases": [case]}
     return parse_manifest(data, "command line", Path.cwd(), args.out_dir)
 

@@ -18,7 +18,11 @@ class PromptError(SamMedError):
     """A prompt (points, labels, box, mask) has the wrong shape, type or values."""
 
 
-class OutputExistsError(SamMedError, FileExistsError):
+class VolumeError(SamMedError):
+    """A volume, label or DICOM file cannot be used; the message names the file and the fault."""
+
+
+class OutputExistsError(VolumeError, FileExistsError):
     """An output file exists and overwriting was not asked for."""
 
 

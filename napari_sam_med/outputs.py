@@ -30,6 +30,7 @@ from typing import Any
 from .errors import OutputExistsError, SamMedError
 
 OVERWRITE_HINT = "pass --overwrite (command line) or overwrite=True (Python) to replace it"
+EXISTS = "{path}: already exists; " + OVERWRITE_HINT
 
 
 def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -41,9 +42,7 @@ def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
     if path.is_dir():
         raise OutputExistsError(f"{path}: is a folder; expected an output file path")
     if not overwrite and os.path.lexists(path):
-        raise OutputExistsError(
-            f"{path}: output file exists; refusing to overwrite it ({OVERWRITE_HINT})"
-        )
+        raise OutputExistsError(EXISTS.format(path=path))
     return path
 
 
@@ -121,9 +120,7 @@ def _commit(tmp: Path, path: Path, overwrite: bool) -> None:
     try:
         os.link(tmp, path)  # fails if path appeared meanwhile: never clobbers
     except FileExistsError:
-        raise OutputExistsError(
-            f"{path}: output file exists; refusing to overwrite it ({OVERWRITE_HINT})"
-        ) from None
+        raise OutputExistsError(EXISTS.format(path=path)) from None
     except OSError:  # file systems without hard links
         check_output(path, overwrite)
         os.replace(tmp, path)

@@ -140,7 +140,7 @@ ROWS = [
         lambda d, ck: ["segment", "--manifest", str(d / "m.json"), "--series-uid", "1.2"], 2,
         r"--manifest or IMAGE .*--series-uid"),
     Row("existing_output_kept", _seg("ct.nii.gz"), 1,
-        r"out\.nii\.gz: output file exists; refusing to overwrite it .*--overwrite",
+        r"out\.nii\.gz: already exists; pass --overwrite",
         out_absent=False,
         setup=lambda d: (_ct(d / "ct.nii.gz"), (d / "out.nii.gz").write_bytes(b"mine"))),
     Row("missing_image_no_stray_bar", _seg("absent.nii.gz"), 1,
@@ -149,7 +149,7 @@ ROWS = [
         setup=lambda d: (d / "notes.nii.gz").write_text("patient notes")),
     Row("auto_existing_output",
         lambda d, ck: ["auto", str(d / "ct.nii.gz"), "-o", str(d / "out.nii.gz"), "--model", ck],
-        2, r"out\.nii\.gz: output file exists", out_absent=False,
+        2, r"out\.nii\.gz: already exists", out_absent=False,
         setup=lambda d: (_ct(d / "ct.nii.gz"), (d / "out.nii.gz").write_bytes(b"mine"))),
 ]  # fmt: skip
 
@@ -187,7 +187,7 @@ def test_overwrite_and_resume(tmp_path: Path, tiny_ckpt: str, capsys) -> None:
     assert main(argv) == 0
     out = tmp_path / "out.nii.gz"
     stamp = out.stat().st_mtime_ns
-    assert main(argv) == 1 and "output file exists" in capsys.readouterr().err
+    assert main(argv) == 1 and "already exists" in capsys.readouterr().err
     assert main([*argv, "--resume"]) == 0 and out.stat().st_mtime_ns == stamp  # finished: kept
     assert main([*argv, "--overwrite"]) == 0 and out.stat().st_mtime_ns != stamp
     qc = sorted(p.name for p in (tmp_path / "qc").iterdir())

@@ -25,7 +25,7 @@ from napari_sam_med.volume.qc import write_bytes_atomic as qc_write_bytes
 
 def test_refuses_existing_output_naming_it(tmp_path: Path) -> None:
     path = write_bytes_atomic(tmp_path / "r.csv", b"one")
-    with pytest.raises(OutputExistsError, match=r"r\.csv: output file exists.*--overwrite"):
+    with pytest.raises(OutputExistsError, match=r"r\.csv: already exists.*--overwrite"):
         write_bytes_atomic(path, b"two")
     assert path.read_bytes() == b"one"
     write_bytes_atomic(path, b"two", overwrite=True)

@@ -15,9 +15,12 @@ MARKER_SUFFIX = ".sam-med.json"
 
 
 def marker_path(output: str | os.PathLike) -> Path:
-    """The completion marker beside ``output`` (``ct1_seg.nii.gz`` -> ``ct1_seg.sam-med.json``)."""
+    """The completion marker beside ``output``: ``ct1_seg.nii.gz`` -> ``ct1_seg.sam-med.json``;
+    other suffixes stay in the name (``ct1_seg.dcm`` -> ``ct1_seg.dcm.sam-med.json``), so the
+    outputs ``ct1_seg.nii.gz`` and ``ct1_seg.dcm`` of two cases get two markers."""
     out = Path(output)
-    return out.with_name(file_stem(out) + MARKER_SUFFIX)
+    stem = file_stem(out) if out.name.lower().endswith(".nii.gz") else out.name
+    return out.with_name(stem + MARKER_SUFFIX)
 
 
 def claim_case_outputs(

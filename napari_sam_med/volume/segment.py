@@ -26,8 +26,9 @@ import numpy as np
 from ..preprocessing import guess_preset
 from .cache import EmbeddingCache, model_weights_id
 from .case_files import claim_case_outputs, marker_path, sha256_path
+from .dicom_out import check_case_output, write_case_labels
 from .geometry import Volume
-from .io import read_volume, write_labels
+from .io import read_volume
 from .manifest import CaseSpec, VoxelPrompt, object_prompts
 from .objects import ObjectSegmentation, compose_labels
 from .propagate import PropagationSettings, Propagator
@@ -184,13 +185,14 @@ def segment_case(
             return done
     replace = claim_case_outputs(case, qc_dir, overwrite, resume)
     volume = read_volume(case.image, case.series_uid, case.component, nonfinite_fill=nonfinite_fill)
+    check_case_output(volume, case.format, case.output, replace)
     result.preset = resolve_preset(preset or case.preset, case.modality, volume)
     prompts = [object_prompts(o, volume) for o in case.objects]
     labels, objects = segment_volume(
         model, volume, prompts, result.preset, cache, settings, on_progress, case.name
     )
     case.output.parent.mkdir(parents=True, exist_ok=True)
-    write_labels(labels, volume, case.output, overwrite=replace)
+    write_case_labels(labels, volume, case.output, case.format, objects, model, replace)
     _fill_summary(result, labels, objects, volume)
     result.seconds = round(time.perf_counter() - t0, 3)
     if qc_dir is not None:

@@ -95,7 +95,7 @@ def test_write_labels_on_reference_grid(tmp_path: Path, oblique: Volume) -> None
 def test_atomic_write_leaves_no_temp_file(tmp_path: Path, oblique: Volume) -> None:
     target = tmp_path / "lab.nii.gz"
     write_labels(np.ones(oblique.array.shape, np.uint8), oblique, target)
-    with pytest.raises(OutputExistsError, match=r"lab\.nii\.gz: output file exists"):
+    with pytest.raises(OutputExistsError, match=r"lab\.nii\.gz: already exists"):
         write_labels(np.zeros(oblique.array.shape, np.uint8), oblique, target)
     write_labels(np.zeros(oblique.array.shape, np.uint8), oblique, target, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lab.nii.gz"]

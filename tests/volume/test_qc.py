@@ -101,7 +101,7 @@ def test_write_qc_files_and_trace(tmp_path: Path) -> None:
 def test_write_json_atomic_replaces(tmp_path: Path) -> None:
     path = tmp_path / "a.json"
     write_json_atomic(path, {"x": np.int64(3), "t": (1, 2), "p": tmp_path})
-    with pytest.raises(OutputExistsError, match=r"a\.json: output file exists"):
+    with pytest.raises(OutputExistsError, match=r"a\.json: already exists"):
         write_json_atomic(path, {"x": np.float32(1.5), "arr": np.arange(2)})
     write_json_atomic(path, {"x": np.float32(1.5), "arr": np.arange(2)}, overwrite=True)
     assert json.loads(path.read_text()) == {"x": 1.5, "arr": [0, 1]}
