@@ -60,15 +60,22 @@ def commands(body: str) -> list[list[str]]:
 
 
 def _placeholders(args: list[str]) -> list[str]:
-    """Synopsis tokens made concrete: ``[--qc DIR]`` -> ``--qc DIR``, ``...`` dropped,
-    upper-case placeholders (``X0``, ``Z``, ``N``) -> ``1``."""
-    out = []
+    """Synopsis tokens made concrete: ``[--qc DIR]`` -> ``--qc DIR``, ``...`` dropped (after
+    ``--box3d``/``--box``: that many numbers), upper-case placeholders (``X0``, ``Z``) -> ``1``."""
+    out: list[str] = []
     for tok in args:
         tok = tok.strip("[]")
-        if tok in ("", "...") or tok.endswith("..."):
+        if tok == "..." and out and out[-1] in NARGS:  # `--box3d ...`: that many numbers
+            out += ["1"] * NARGS[out[-1]]
             continue
+        if tok in ("", "...") or (tok.endswith("...") and not tok.rstrip(".")):
+            continue
+        tok = tok.rstrip(".") if tok.endswith("...") else tok  # `1.2.840...` -> `1.2.840`
         out.append("1" if re.fullmatch(r"[XYZN][0-9]?", tok) else tok)
     return out
+
+
+NARGS = {"--box3d": 6, "--box": 4}
 
 
 def _check_sam_med(args: list[str]) -> None:
@@ -94,6 +101,9 @@ def _check_command(cmd: list[str]) -> str:
     prog, args = cmd[0], cmd[1:]
     if prog in NOT_RUN:
         return "gui"
+    if prog == "export":  # environment variables for the next commands
+        assert all("=" in a for a in args), f"README: odd export line {cmd}"
+        return "env"
     if prog == "bash":
         assert (ROOT / args[0]).is_file(), f"README runs a missing script {args[0]}"
         return "script"
