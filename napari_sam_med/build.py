@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .checkpoint_file import load_state_dict_file
 from .config import REGISTRY, SamConfig, get_config
 from .device import resolve_device
 from .errors import CheckpointError
 from .modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from .modeling.tiny_vit import TinyViT
+from .outputs import atomic_output
 from .weights import (  # noqa: F401 - re-exported: the weights' locations and checksums
     LITE_MEDSAM_DIST,
     LITE_MEDSAM_FILE,
@@ -192,27 +192,6 @@ def _choose_preprocessing(
     return config
 
 
-def load_state_dict_file(path: str | os.PathLike) -> Any:
-    """``torch.load`` a file on the CPU with ``weights_only=True``, with readable errors."""
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"checkpoint {p} does not exist")
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {p} is not a file")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"refusing to load {p}: it contains Python objects that would run code when "
-            f"unpickled, and only plain tensors/dicts are accepted (weights_only=True). "
-            f"Detail: {str(exc).splitlines()[0]}"
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - a corrupt zip/pickle raises many kinds
-        raise CheckpointError(
-            f"cannot read checkpoint {p} ({p.stat().st_size} bytes): the file is corrupt, "
-            f"truncated or not a PyTorch checkpoint ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from None
 
 
 def _unwrap_state_dict(raw: Any, source: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -362,15 +341,12 @@ def save_delta_checkpoint(
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename it into place."""
+    """``torch.save`` to a temporary file beside ``path``, then rename it into place.
+
+    An existing file is replaced (training rewrites its checkpoints); the file gets the mode a
+    normal write gives (:func:`napari_sam_med.outputs.atomic_output`).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path, overwrite=True, mkdir=True) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

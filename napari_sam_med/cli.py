@@ -27,6 +27,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from .cli_extra import load_model, model_cache
+
 logger = logging.getLogger(__name__)
 _BOX3D = ("X0", "Y0", "Z0", "X1", "Y1", "Z1")
 
@@ -60,20 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="sam-med", description="Segment Anything for CT/MRI tumours.")
     sub = p.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    common.add_argument("--debug", action="store_true", help="show tracebacks")
-    model = argparse.ArgumentParser(add_help=False, parents=[common])
-    model.add_argument("--model", default="lite_medsam", help="registry name or checkpoint file")
-    model.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps")
-    model.add_argument("--preset", help="intensity preset (default: from the modality)")
-    model.add_argument("--modality", help="CT or MR, to guess the preset (manifest: default)")
-    model.add_argument("--no-progress", action="store_true", help="no progress bars")
-    cache = argparse.ArgumentParser(add_help=False)
-    cache.add_argument("--cache-dir", type=Path, help="embedding cache (default: user cache)")
-    cache.add_argument("--no-disk-cache", action="store_true", help="keep embeddings in memory")
+    common, model, cache = _parent_parsers()
+    from .cli_extra import add_commands, cmd_info, cmd_precompute, output_options, volume_options
 
-    s = sub.add_parser("segment", parents=[model, cache], help="segment objects from prompts")
+    vol, out = volume_options(), output_options()
+    s = sub.add_parser(
+        "segment", parents=[model, cache, vol, out], help="segment objects from prompts"
+    )
     s.add_argument("image", nargs="?", help="image file or DICOM folder (or use --manifest)")
     s.add_argument("--manifest", type=Path, help="JSON manifest of cases (see docs/cli.md)")
     s.add_argument("-o", "--output", help="label file for IMAGE (.nii.gz, .nii, .nrrd, .mha)")
@@ -98,12 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_args(s)  # --format seg|rtstruct, --overwrite (cli_pacs)
     s.set_defaults(func=cmd_segment)
 
-    pc = sub.add_parser("precompute", parents=[model, cache], help="fill the embedding cache")
+    pc = sub.add_parser(
+        "precompute", parents=[model, cache, vol], help="fill the embedding cache"
+    )
     pc.add_argument("images", nargs="+", help="image files or DICOM folders")
     pc.add_argument("--slices", nargs=2, type=int, metavar=("Z0", "Z1"), help="inclusive range")
     pc.set_defaults(func=cmd_precompute)
 
-    a = sub.add_parser("auto", parents=[model], help="automatic masks, slice by slice, as labels")
+    a = sub.add_parser(
+        "auto", parents=[model, vol, out], help="automatic masks, slice by slice, as labels"
+    )
     a.add_argument("images", nargs="+", help="image files, DICOM folders or folders of volumes")
     a.add_argument("-o", "--output", help="label file to write (one image)")
     a.add_argument("--out-dir", help="batch: labels, QC PNGs and auto_report.json/.csv here")
@@ -120,27 +119,46 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", parents=[common], help="models, devices, cache location")
     i.set_defaults(func=cmd_info)
 
-    from .cli_extra import add_commands  # evaluate, export (the data engine)
-
-    add_commands(sub, common, model)
+    add_commands(sub, common, model, out)  # evaluate, export, replay (the data engine)
     add_pacs_command(sub, common, s, cmd_segment)
     return p
+
+
+def _parent_parsers() -> tuple[argparse.ArgumentParser, ...]:
+    """The shared option groups: ``common`` (-v, --debug), ``model`` (+ --model, --device,
+    --preset, --modality, --no-progress) and ``cache`` (--cache-dir, --no-disk-cache)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    model = argparse.ArgumentParser(add_help=False, parents=[common])
+    model.add_argument("--model", default="lite_medsam", help="registry name or checkpoint file")
+    model.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps")
+    model.add_argument("--preset", help="intensity preset (default: from the modality)")
+    model.add_argument("--modality", help="CT or MR, to guess the preset (manifest: default)")
+    model.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cache = argparse.ArgumentParser(add_help=False)
+    cache.add_argument("--cache-dir", type=Path, help="embedding cache (default: user cache)")
+    cache.add_argument("--no-disk-cache", action="store_true", help="keep embeddings in memory")
+    return common, model, cache
 
 
 # ---------------------------------------------------------------------------- segment
 def cmd_segment(args: argparse.Namespace) -> int:
     """``sam-med segment``: one image with prompts, or a manifest of cases."""
+    from .outputs import check_output
     from .volume.qc import summary_table, write_json_atomic
 
     cases = _cases_from_args(args)
+    if args.summary:  # a resumed batch rewrites its own summary
+        check_output(args.summary, args.overwrite or args.resume)
     rank, world, local_rank = _dist_env()
-    model = _load_model(args, local_rank if world > 1 else None)
+    model = load_model(args, local_rank if world > 1 else None)
     _check_text_support(cases, model, args.model)
     if world > 1:
         _init_dist(args.dist_timeout_hours)
     mine = cases[rank::world]
-    kwargs = dict(preset=args.preset, cache=_cache(args), qc_dir=args.qc, resume=args.resume,
-                  overwrite=getattr(args, "overwrite", False))  # fmt: skip
+    kwargs = dict(preset=args.preset, cache=model_cache(args), qc_dir=args.qc, resume=args.resume,
+                  overwrite=args.overwrite, nonfinite_fill=args.nonfinite_fill)  # fmt: skip
     results = _run_with_progress(mine, model, args, kwargs, quiet=rank != 0)
     for r in results:
         r.worker = f"rank {rank}/{world}" if world > 1 else ""
@@ -154,7 +172,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         else:
             print(summary_table(results))
         if args.summary:
-            write_json_atomic(args.summary, [r.to_json() for r in results])
+            rows = [r.to_json() for r in results]
+            write_json_atomic(args.summary, rows, args.overwrite or args.resume)
     if world > 1:
         _finish_dist()
     return 1 if failed else 0
@@ -169,8 +188,11 @@ def _cases_from_args(args: argparse.Namespace) -> list:
     ):
         raise ValueError("command line: --text-slices goes with --text alone (no box or points)")
     if args.manifest is not None:
-        if args.image or prompts or args.output:
-            raise ValueError("command line: give either --manifest or IMAGE with prompts, not both")
+        if args.image or prompts or args.output or args.series_uid or args.component is not None:
+            raise ValueError(
+                "command line: give either --manifest or IMAGE with prompts (and --series-uid/"
+                "--component), not both; a manifest names them per case"
+            )
         cases = load_manifest(args.manifest, args.out_dir)
         for case in cases:
             case.modality = case.modality or args.modality
@@ -206,6 +228,7 @@ def _cases_from_args(args: argparse.Namespace) -> list:
     for k, obj in enumerate(objects):
         obj["label"] = k + 1
     case: dict[str, Any] = {"image": args.image, "objects": objects}
+    case.update({k: v for k in ("series_uid", "component") if (v := getattr(args, k)) is not None})
     if args.output:
         case["output"] = str(Path(args.output).resolve())  # -o is relative to the cwd
     if args.modality:
@@ -237,52 +260,19 @@ def _check_text_support(cases: list, model: Any, model_arg: str) -> None:
 
 def _run_with_progress(cases, model, args, kwargs, quiet: bool) -> list:
     """Run the cases with a per-case bar and a per-slice bar (tqdm, on stderr)."""
-    from tqdm import tqdm
-
+    from .cli_progress import CaseBars
     from .volume.segment import run_cases
 
-    off = args.no_progress or quiet
+    bars = CaseBars(len(cases), disable=args.no_progress or quiet)
     results = []
-    outer = tqdm(total=len(cases), desc="cases", unit="case", disable=off or len(cases) < 2)
-    inner = tqdm(desc="slices", unit="slice", leave=False, disable=off)
-    state = {"key": None}
-
-    def on_progress(ev) -> None:
-        key = (ev.case, ev.object_index)
-        if key != state["key"]:
-            state["key"] = key
-            inner.reset(total=ev.total)
-            inner.set_description(f"{ev.case} object {ev.object_index + 1}/{ev.num_objects}")
-        inner.update(ev.done - inner.n)
-
-    for r in run_cases(cases, model, debug=args.debug, on_progress=on_progress, **kwargs):
-        results.append(r)
-        outer.update(1)
-        if r.status == "failed" and len(cases) > 1:
-            tqdm.write(f"FAILED {r.name}: {r.error}", file=sys.stderr)
-    inner.close()
-    outer.close()
+    try:
+        for r in run_cases(cases, model, debug=args.debug, on_progress=bars.on_progress, **kwargs):
+            results.append(r)
+            failed = r.status == "failed" and len(cases) > 1
+            bars.case_done(len(results), f"FAILED {r.name}: {r.error}" if failed else None)
+    finally:
+        bars.close()
     return results
-
-
-def _load_model(args: argparse.Namespace, local_rank: int | None = None):
-    from .build import build_sam
-    from .device import resolve_device
-
-    device = args.device
-    if local_rank is not None and device in ("auto", "cuda"):
-        # one GPU per torchrun rank; CPU-only ranks keep resolve_device's choice
-        if resolve_device("auto").type == "cuda":
-            device = f"cuda:{local_rank}"
-    return build_sam(args.model, device=resolve_device(device))
-
-
-def _cache(args: argparse.Namespace):
-    from .volume.cache import EmbeddingCache, default_cache_dir
-
-    if getattr(args, "no_disk_cache", False):
-        return EmbeddingCache(None)
-    return EmbeddingCache(args.cache_dir or default_cache_dir())
 
 
 # ----------------------------------------------------------------------- distributed
@@ -322,63 +312,34 @@ def _finish_dist() -> None:
 
 
 # ------------------------------------------------------------------ other commands
-def cmd_precompute(args: argparse.Namespace) -> int:
-    """``sam-med precompute``: fill the embedding cache for the listed images."""
-    from tqdm import tqdm
-
-    from .volume.io import read_volume
-    from .volume.segment import resolve_preset
-    from .volume.slices import SliceSegmenter
-
-    model = _load_model(args)
-    cache = _cache(args)
-    for path in args.images:
-        vol = read_volume(path)
-        preset = resolve_preset(args.preset, args.modality, vol)
-        seg = SliceSegmenter(model, vol.array, preset=preset, cache=cache)
-        todo = None if args.slices is None else list(range(args.slices[0], args.slices[1] + 1))
-        before = seg.encoder_calls
-        bar = tqdm(desc=Path(path).name, unit="slice", disable=args.no_progress)
-        done = 0
-        for done, total, _z in seg.precompute(todo):
-            bar.total = total
-            bar.update(done - bar.n)
-        bar.close()
-        where = cache.cache_dir or "memory only"
-        print(f"{path}: {done} slices cached ({seg.encoder_calls - before} computed, "
-              f"preset {preset}) in {where}")  # fmt: skip
-    return 0
-
-
 def cmd_auto(args: argparse.Namespace) -> int:
     """``sam-med auto``: automatic masks slice by slice, linked into 3D labels (one or a batch)."""
     from functools import partial
 
-    from tqdm import tqdm
-
     from .amg import settings_for_model
+    from .cli_progress import LazyBar
+    from .outputs import check_output
     from .volume.auto import find_volumes, run_auto_batch
     from .volume.io import write_labels
     from .volume.segment import resolve_preset, segment_automatic
 
     if bool(args.output) == bool(args.out_dir):
         raise SystemExit("sam-med auto: give -o FILE (one image) or --out-dir DIR (a batch)")
+    if args.output:
+        check_output(args.output, args.overwrite)
     images = find_volumes(args.images)
     if not images:
         raise SystemExit(f"sam-med auto: no volumes found in {args.images}")
     if args.output and len(images) != 1:
         raise SystemExit(f"sam-med auto: -o takes one image, found {len(images)}; use --out-dir")
-    model = _load_model(args)
+    model = load_model(args)
     amg = settings_for_model(
         model.config.name, args.prompt_type, args.pred_iou_thresh, args.stability_thresh
     )
-    bar = tqdm(desc="slices", unit="slice", disable=args.no_progress)
+    bar = LazyBar(args.no_progress, desc="slices", unit="slice")
 
     def on_progress(ev) -> None:
-        if ev.done < bar.n:  # the next volume of a batch
-            bar.reset()
-        bar.total = ev.total
-        bar.update(ev.done - bar.n)
+        bar.progress(ev.done, ev.total)
 
     segment = partial(
         segment_automatic, slices=args.slices, link_iou=args.link_iou,
@@ -392,16 +353,18 @@ def cmd_auto(args: argparse.Namespace) -> int:
     if args.output:
         from .volume.io import read_volume
 
-        vol = read_volume(images[0])
+        vol = read_volume(images[0], args.series_uid, args.component,
+                          nonfinite_fill=args.nonfinite_fill)  # fmt: skip
         labels = segment(model, vol, preset_for(vol))
         bar.close()
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        write_labels(labels, vol, args.output)
+        write_labels(labels, vol, args.output, overwrite=args.overwrite)
         print(f"{args.output}: {int(labels.max())} objects, {int((labels > 0).sum())} voxels")
         return 0
     report = run_auto_batch(
         model, images, args.out_dir, segment, preset_for,
-        on_case=lambda i, n, name: bar.set_description(f"{name} ({i + 1}/{n})"),
+        on_case=lambda i, n, name: bar.describe(f"{name} ({i + 1}/{n})"),
+        overwrite=args.overwrite, nonfinite_fill=args.nonfinite_fill,
     )  # fmt: skip
     bar.close()
     for r in report:
@@ -409,46 +372,6 @@ def cmd_auto(args: argparse.Namespace) -> int:
         print(f"{r['case']}: {r['status']}, {len(objs)} objects, {r['seconds']} s {r['error']}")
     print(f"report: {Path(args.out_dir) / 'auto_report.csv'}")
     return 0 if all(r["status"] != "error" for r in report) else 1
-
-
-def cmd_info(args: argparse.Namespace) -> int:
-    """``sam-med info``: models, devices, torch version and the cache location."""
-    import torch
-
-    from . import __version__
-    from .build import CheckpointError, locate_lite_medsam_weights
-    from .config import REGISTRY
-    from .device import resolve_device
-    from .volume.cache import default_cache_dir
-
-    print(
-        f"napari-sam-med {__version__}, torch {torch.__version__}, python {sys.version.split()[0]}"
-    )
-    print("models:")
-    for name, cfg in REGISTRY.items():
-        note = ""
-        if name == "lite_medsam":
-            try:
-                note = f"weights {locate_lite_medsam_weights(verify=False)}"
-            except CheckpointError as exc:
-                note = f"weights missing ({str(exc).splitlines()[0]})"
-        elif name == "tiny":
-            note = "small random model for tests"
-        print(f"  {name:13s} {cfg.encoder:8s} input {cfg.img_size:4d}  {note}".rstrip())
-    print("devices:")
-    print("  cpu")
-    for k in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
-        print(f"  cuda:{k} {torch.cuda.get_device_name(k)}")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        print("  mps")
-    print(f"  auto -> {resolve_device('auto')}")
-    cache = default_cache_dir()
-    files = list((cache / "embeddings").rglob("*.npz")) if cache.is_dir() else []
-    size = sum(f.stat().st_size for f in files) / 2**20
-    print(f"cache: {cache} ({len(files)} slice embeddings, {size:.1f} MiB)")
-    print("  set NAPARI_SAM_MED_CACHE to move it")
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Data-engine sub-commands of ``sam-med``: ``evaluate``, ``export`` and ``replay``.
+"""Sub-commands of ``sam-med`` beside ``segment``/``auto``: the data engine (``evaluate``,
+``export``, ``replay``), ``precompute`` and ``info``, and the options and helpers they share.
 
 Commands::
 
@@ -14,19 +15,22 @@ See ``docs/data_engine.md``.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
-def add_commands(sub, common: argparse.ArgumentParser, model: argparse.ArgumentParser) -> None:
+def add_commands(sub, common: argparse.ArgumentParser, model: argparse.ArgumentParser,
+                 out: argparse.ArgumentParser) -> None:  # fmt: skip
     """Add ``evaluate``, ``export`` and ``replay`` to the ``sam-med`` sub-parsers.
 
     Args:
         sub: the sub-parsers action of ``sam-med``.
         common: parent parser with ``-v`` / ``--debug``.
         model: parent parser with ``--model``, ``--device``, ``--preset``, ``--modality``...
+        out: parent parser with ``--overwrite``.
     """
     e = sub.add_parser(
-        "evaluate", parents=[model], help="compare checkpoints with simulated clicks"
+        "evaluate", parents=[model, out], help="compare checkpoints with simulated clicks"
     )
     e.add_argument("dataset", type=Path, help="MSD dataset.json (or folder) or a folder of pairs")
     e.add_argument("--models", nargs="+", metavar="MODEL",
@@ -42,7 +46,7 @@ def add_commands(sub, common: argparse.ArgumentParser, model: argparse.ArgumentP
     add_3d_arguments(e)  # --mode 3d: the 3D interactive benchmark
     e.set_defaults(func=cmd_evaluate)
 
-    x = sub.add_parser("export", parents=[common], help="write an MSD-style training set")
+    x = sub.add_parser("export", parents=[common, out], help="write an MSD-style training set")
     x.add_argument("--out-dir", type=Path, required=True, help="dataset folder to write")
     x.add_argument("--pair", nargs=2, action="append", metavar=("IMAGE", "LABEL"),
                    help="image and label files (repeat)")  # fmt: skip
@@ -52,11 +56,10 @@ def add_commands(sub, common: argparse.ArgumentParser, model: argparse.ArgumentP
                    help="name of a label value, e.g. 1=sarcoma (repeat)")  # fmt: skip
     x.add_argument("--name", default="napari-sam-med", help="dataset name in dataset.json")
     x.add_argument("--modality", default=None, help="CT or MR for dataset.json")
-    x.add_argument("--overwrite", action="store_true", help="replace cases already exported")
     x.set_defaults(func=cmd_export)
 
     r = sub.add_parser(
-        "replay", parents=[model], help="re-run a plugin session's prompts with another model"
+        "replay", parents=[model, out], help="re-run a plugin session's prompts with another model"
     )
     r.add_argument("session", type=Path, help="session log (.session.json) saved by the plugin")
     r.add_argument("--image", help="the session's image (default: the path in the log)")
@@ -65,6 +68,53 @@ def add_commands(sub, common: argparse.ArgumentParser, model: argparse.ArgumentP
     r.add_argument("--labels", type=Path, help="logged labels (default: saved beside the log)")
     r.add_argument("--out", type=Path, default=Path("replay"), help="folder for labels + CSV")
     r.set_defaults(func=cmd_replay)
+
+
+def volume_options() -> argparse.ArgumentParser:
+    """Parent parser with ``--series-uid``, ``--component`` (which volume of a file) and
+    ``--nonfinite-fill``."""
+    v = argparse.ArgumentParser(add_help=False)
+    v.add_argument("--series-uid", help="DICOM folder with several series: the one to read")
+    v.add_argument("--component", type=int, metavar="K",
+                   help="4D / multi-component file: the volume to read, from 0")  # fmt: skip
+    v.add_argument("--nonfinite-fill", type=float, metavar="VALUE",
+                   help="replace NaN/Inf voxels with VALUE (default: refuse the file)")  # fmt: skip
+    return v
+
+
+def output_options() -> argparse.ArgumentParser:
+    """Parent parser with ``--overwrite`` (replace existing output files)."""
+    o = argparse.ArgumentParser(add_help=False)
+    o.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs (default: refuse, naming the file)")  # fmt: skip
+    return o
+
+
+def claim_outputs(overwrite: bool, *paths: Path) -> tuple[Path, ...]:
+    """Apply the overwrite rule to a command's output files before any work; returns them."""
+    from .outputs import check_output
+
+    for path in paths:
+        check_output(path, overwrite)
+    return paths
+
+
+def slice_range(slices: list[int] | None, depth: int | None = None) -> list[int] | None:
+    """The slices of an inclusive ``--slices Z0 Z1`` (None: all); a usage error when the range
+    is inverted or empty, or (with ``depth``) lies outside ``0..depth-1``."""
+    if slices is None:
+        return None
+    z0, z1 = slices
+    if z0 > z1 or z0 < 0:
+        raise ValueError(
+            f"command line: --slices {z0} {z1} is an empty range; expected 0 <= Z0 <= Z1 "
+            "(both inclusive)"
+        )
+    if depth is not None and z1 >= depth:
+        raise ValueError(
+            f"command line: --slices {z0} {z1} is outside the volume's slices 0..{depth - 1}"
+        )
+    return list(range(z0, z1 + 1))
 
 
 def _model_name(spec: str) -> str:
@@ -89,6 +139,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     from .export import discover_cases
 
+    out = args.out_dir
+    outputs = claim_outputs(args.overwrite, out / "summary.csv", out / "objects.csv",
+                            out / "dice_vs_clicks.png")  # fmt: skip
     specs = args.models or [args.model]
     names = [_model_name(s) for s in specs]
     if len(set(names)) != len(names):
@@ -111,7 +164,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     rows, objects = [], []
     for spec, name in zip(specs, names, strict=True):
         model = build_sam(spec, device=device)
-        bar = tqdm(desc=name, unit="object", disable=args.no_progress)
+        bar = tqdm(desc=name, unit="object", disable=args.no_progress, delay=0.5)
         results = evaluate_model(
             model, cases, settings, name, args.preset, on_object=lambda _r, b=bar: b.update(1)
         )
@@ -119,11 +172,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         rows.append(summarise(results, settings))
         objects += per_object_rows(results, settings)
         del model
-    out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "summary.csv", rows)
-    write_csv(out / "objects.csv", objects)
-    plot_curves(out / "dice_vs_clicks.png", {r["model"]: r["curve"] for r in rows})
+    write_csv(outputs[0], rows, args.overwrite)
+    write_csv(outputs[1], objects, args.overwrite)
+    plot_curves(outputs[2], {r["model"]: r["curve"] for r in rows}, args.overwrite)
     print(f"{len(cases)} cases, {rows[0]['objects']} object slices, device {device}")
     print(format_table(rows, settings.max_clicks))
     print(f"wrote {out / 'summary.csv'}, {out / 'objects.csv'}, {out / 'dice_vs_clicks.png'}")
@@ -147,8 +199,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    """``sam-med replay``: the session's objects from their logged prompts with a model, and
-    the per-object Dice between the logged and the replayed masks."""
+    """``sam-med replay``: a session's logged prompts re-run with a model; Dice vs the log."""
     from tqdm import tqdm
 
     from .build import build_sam
@@ -177,6 +228,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             f"{image}: shape {list(vol.array.shape)} (z, y, x), but the session was recorded "
             f"on an image of shape {info['shape_zyx']}; pass the session's image with --image"
         )
+    case = case_name(image)
+    out_paths = claim_outputs(args.overwrite, args.out / f"{case}_replay.nii.gz",
+                              args.out / f"{case}_replay_dice.csv")  # fmt: skip
     logged_path = args.labels or labels_beside(args.session)
     logged = read_volume(logged_path).array if logged_path else None
     spec, ckpt = args.model, args.checkpoint
@@ -186,25 +240,23 @@ def cmd_replay(args: argparse.Namespace) -> int:
     preset = resolve_preset(args.preset or log.get("preset") or None, args.modality, vol)
     seg = SliceSegmenter(model, vol.array, preset, spacing=vol.spacing)
     state = final_objects(log)
-    bar = tqdm(desc="replay", unit="slice", disable=args.no_progress)
-    steps = replay_objects(state, seg)
-    result = drive(steps, lambda p: (bar.set_postfix_str(f"object {p.label}"), bar.update(1)))
+    bar = tqdm(desc="replay", unit="slice", disable=args.no_progress)  # made as the work starts
+    show = lambda p: (bar.set_postfix_str(f"object {p.label}"), bar.update(1))  # noqa: E731
+    result = drive(replay_objects(state, seg), show)
     bar.close()
-    empty = logged if logged is not None else 0 * result.labels
-    rows = compare_labels(state, empty, result)
+    rows = compare_labels(state, logged if logged is not None else 0 * result.labels, result)
     if logged is None:
         for row in rows:
             row["logged_voxels"] = row["dice"] = None
-    case = case_name(image)
     args.out.mkdir(parents=True, exist_ok=True)
-    out_labels = write_labels(result.labels, vol, args.out / f"{case}_replay.nii.gz")
+    out_labels = write_labels(result.labels, vol, out_paths[0], overwrite=args.overwrite)
     print(f"{args.session}: {len(rows)} committed objects replayed with {spec} ({preset})")
     for row in rows:
         dice = "n/a" if row["dice"] is None else f"{row['dice']:.3f}"
         why = result.skipped.get(row["label"], "")
         print(f"  {row['label']:>3} {row['name'][:24]:<24} Dice {dice}  {why}".rstrip())
     if rows:
-        write_csv(args.out / f"{case}_replay_dice.csv", rows)
+        write_csv(out_paths[1], rows, args.overwrite)
     if logged is None:
         print("no logged labels found beside the log (use --labels); Dice not computed")
     print(f"wrote {out_labels}" + (f" and {args.out / f'{case}_replay_dice.csv'}" if rows else ""))
@@ -219,3 +271,94 @@ def drive(steps, on_step):
             on_step(next(steps))
         except StopIteration as stop:
             return stop.value
+
+
+# ------------------------------------------------------ shared by cli.py, precompute, info
+def load_model(args: argparse.Namespace, local_rank: int | None = None):
+    """The model named by ``--model`` on ``--device`` (one GPU per torchrun rank)."""
+    from .build import build_sam
+    from .device import resolve_device
+
+    device = args.device
+    if local_rank is not None and device in ("auto", "cuda"):
+        # one GPU per torchrun rank; CPU-only ranks keep resolve_device's choice
+        if resolve_device("auto").type == "cuda":
+            device = f"cuda:{local_rank}"
+    return build_sam(args.model, device=resolve_device(device))
+
+
+def model_cache(args: argparse.Namespace):
+    """The embedding cache chosen by ``--cache-dir`` / ``--no-disk-cache``."""
+    from .volume.cache import EmbeddingCache, default_cache_dir
+
+    if getattr(args, "no_disk_cache", False):
+        return EmbeddingCache(None)
+    return EmbeddingCache(args.cache_dir or default_cache_dir())
+
+
+def cmd_precompute(args: argparse.Namespace) -> int:
+    """``sam-med precompute``: fill the embedding cache for the listed images."""
+    from .cli_progress import LazyBar
+    from .volume.io import read_volume
+    from .volume.segment import resolve_preset
+    from .volume.slices import SliceSegmenter
+
+    slice_range(args.slices)  # refuse an empty range before loading anything
+    model = load_model(args)
+    cache = model_cache(args)
+    for path in args.images:
+        vol = read_volume(path, args.series_uid, args.component,
+                          nonfinite_fill=args.nonfinite_fill)  # fmt: skip
+        preset = resolve_preset(args.preset, args.modality, vol)
+        seg = SliceSegmenter(model, vol.array, preset=preset, cache=cache)
+        todo = slice_range(args.slices, vol.array.shape[0])
+        before = seg.encoder_calls
+        bar = LazyBar(args.no_progress, desc=Path(path).name, unit="slice")
+        done = 0
+        for done, total, _z in seg.precompute(todo):
+            bar.progress(done, total)
+        bar.close()
+        where = cache.cache_dir or "memory only"
+        print(f"{path}: {done} slices cached ({seg.encoder_calls - before} computed, "
+              f"preset {preset}) in {where}")  # fmt: skip
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """``sam-med info``: models, devices, torch version and the cache location."""
+    import torch
+
+    from . import __version__
+    from .build import CheckpointError, locate_lite_medsam_weights
+    from .config import REGISTRY
+    from .device import resolve_device
+    from .volume.cache import default_cache_dir
+
+    print(
+        f"napari-sam-med {__version__}, torch {torch.__version__}, python {sys.version.split()[0]}"
+    )
+    print("models:")
+    for name, cfg in REGISTRY.items():
+        note = ""
+        if name == "lite_medsam":
+            try:
+                note = f"weights {locate_lite_medsam_weights(verify=False)}"
+            except CheckpointError as exc:
+                note = f"weights missing ({str(exc).splitlines()[0]})"
+        elif name == "tiny":
+            note = "small random model for tests"
+        print(f"  {name:13s} {cfg.encoder:8s} input {cfg.img_size:4d}  {note}".rstrip())
+    print("devices:")
+    print("  cpu")
+    for k in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        print(f"  cuda:{k} {torch.cuda.get_device_name(k)}")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        print("  mps")
+    print(f"  auto -> {resolve_device('auto')}")
+    cache = default_cache_dir()
+    files = list((cache / "embeddings").rglob("*.npz")) if cache.is_dir() else []
+    size = sum(f.stat().st_size for f in files) / 2**20
+    print(f"cache: {cache} ({len(files)} slice embeddings, {size:.1f} MiB)")
+    print("  set NAPARI_SAM_MED_CACHE to move it")
+    return 0

@@ -264,7 +264,9 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
+def write_csv(
+    path: str | os.PathLike, rows: Sequence[dict[str, Any]], overwrite: bool = False
+) -> Path:
     """Write dict rows as CSV atomically (lists are joined with ``;``)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
@@ -273,7 +275,7 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
         writer.writerow(
             {k: ";".join(f"{x:.4f}" for x in v) if isinstance(v, list) else v for k, v in r.items()}
         )
-    return write_bytes_atomic(Path(path), buf.getvalue().encode())
+    return write_bytes_atomic(Path(path), buf.getvalue().encode(), overwrite)
 
 
 def per_object_rows(results: Sequence[ObjectResult], settings: ClickSettings) -> list[dict]:
@@ -293,9 +295,11 @@ def per_object_rows(results: Sequence[ObjectResult], settings: ClickSettings) ->
     ]
 
 
-def plot_curves(path: str | os.PathLike, curves: dict[str, Sequence[float]]) -> Path:
+def plot_curves(
+    path: str | os.PathLike, curves: dict[str, Sequence[float]], overwrite: bool = False
+) -> Path:
     """PNG of mean Dice (y, 0..1) against clicks after the box (x), one line per model."""
     from .plots import line_plot
 
     series = {name: (list(range(len(c))), [float(d) for d in c]) for name, c in curves.items()}
-    return line_plot(path, series, "clicks after the box", "mean Dice")
+    return line_plot(path, series, "clicks after the box", "mean Dice", overwrite=overwrite)

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import OutputExistsError
 from .volume.io import (
     READ_SUFFIXES,
     case_name,  # noqa: F401  (re-exported: the plugin and CLI use it)
@@ -154,7 +155,8 @@ def export_dataset(
     Args:
         items: the cases; their ``label_names`` are overridden by ``label_names``.
         modality: ``CT``/``MR``... stored as ``modality["0"]``.
-        overwrite: replace cases whose name is already in the dataset.
+        overwrite: replace cases whose name is already in the dataset (and stray files of
+            the same name); else ``OutputExistsError``. ``dataset.json`` is always updated.
         progress: called with ``(done, total, case)`` after each case is written.
 
     Returns:
@@ -179,8 +181,10 @@ def export_dataset(
         seen.add(case)
         fname = f"{case}.nii.gz"
         if fname in existing and not overwrite:
-            raise ValueError(f"{out}: case {case} already exported (use overwrite)")
-        entry = _export_one(item, out, case, fname)
+            raise OutputExistsError(
+                f"{out}: case {case} already exported (use --overwrite / overwrite=True)"
+            )
+        entry = _export_one(item, out, case, fname, overwrite)
         names = {**item.label_names, **(label_names or {})}
         if names:
             entry["label_names"] = {str(k): v for k, v in sorted(names.items())}
@@ -193,11 +197,13 @@ def export_dataset(
         if progress is not None:
             progress(len(seen), len(items), case)
     meta["numTraining"] = len(meta["training"])
-    write_json_atomic(out / "dataset.json", meta)
+    write_json_atomic(out / "dataset.json", meta, overwrite=True)  # the index, extended
     return meta
 
 
-def _export_one(item: ExportItem, out: Path, case: str, fname: str) -> dict[str, Any]:
+def _export_one(
+    item: ExportItem, out: Path, case: str, fname: str, overwrite: bool
+) -> dict[str, Any]:
     image = item.image_volume if item.image_volume is not None else read_volume(item.image)
     if item.label_array is not None:
         labels = np.asarray(item.label_array)
@@ -212,8 +218,8 @@ def _export_one(item: ExportItem, out: Path, case: str, fname: str) -> dict[str,
         labels = vol.array
     if not (labels > 0).any():
         raise ValueError(f"{item.label}: label is empty (no voxel > 0); not exported")
-    write_volume(image, out / "imagesTr" / fname)
-    write_labels(labels, image, out / "labelsTr" / fname)
+    write_volume(image, out / "imagesTr" / fname, overwrite=overwrite)
+    write_labels(labels, image, out / "labelsTr" / fname, overwrite=overwrite)
     entry: dict[str, Any] = {
         "image": f"./imagesTr/{fname}",
         "label": f"./labelsTr/{fname}",
@@ -222,7 +228,7 @@ def _export_one(item: ExportItem, out: Path, case: str, fname: str) -> dict[str,
         else item.image,
     }
     if item.log is not None:
-        write_json_atomic(out / "logs" / f"{case}.session.json", item.log)
+        write_json_atomic(out / "logs" / f"{case}.session.json", item.log, overwrite)
         entry["log"] = f"./logs/{case}.session.json"
     logger.info("exported %s (%s)", case, item.image)
     return entry

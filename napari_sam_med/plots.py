@@ -18,8 +18,10 @@ def line_plot(
     xlabel: str,
     ylabel: str,
     y_range: tuple[float, float] = (0.0, 1.0),
+    overwrite: bool = False,
 ) -> Path:
-    """Write a PNG with one line per ``{name: (xs, ys)}`` (y clipped to ``y_range``)."""
+    """Write a PNG with one line per ``{name: (xs, ys)}`` (y clipped to ``y_range``); an
+    existing ``path`` is refused unless ``overwrite``."""
     from PIL import Image, ImageDraw
 
     w, h, left, bottom, top, right = 640, 420, 50, 40, 20, 170
@@ -55,4 +57,4 @@ def line_plot(
     g.text((left + pw + 10, top + 6 + 18 * len(series)), ylabel, fill="black")
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    return write_bytes_atomic(Path(path), buf.getvalue())
+    return write_bytes_atomic(Path(path), buf.getvalue(), overwrite)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .errors import PromptError, SamMedError
 from .modeling import Sam
 from .preprocessing import ImageGeometry, geometry_for, low_res_to_original, prepare_image
 from .text import TextEncoder, text_encoder_from_metadata
@@ -33,7 +34,7 @@ class SamPredictor:
 
     def __init__(self, model: Sam, text_encoder: TextEncoder | None = None) -> None:
         if not hasattr(model, "config"):
-            raise ValueError("SamPredictor needs a model built by build_sam (it has no .config)")
+            raise SamMedError("SamPredictor needs a model built by build_sam (it has no .config)")
         self.model = model
         self.config = model.config
         self.text_encoder = text_encoder
@@ -55,11 +56,11 @@ class SamPredictor:
         """
         arr = np.asarray(image)
         if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3)):
-            raise ValueError(f"image must be (H, W) or (H, W, 3); got shape {arr.shape}")
+            raise SamMedError(f"image must be (H, W) or (H, W, 3); got shape {arr.shape}")
         if arr.shape[0] < 2 or arr.shape[1] < 2:
-            raise ValueError(f"image is too small: shape {arr.shape}")
+            raise SamMedError(f"image is too small: shape {arr.shape}")
         if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-            raise ValueError(
+            raise SamMedError(
                 f"image contains {int((~np.isfinite(arr)).sum())} NaN/Inf values; cannot embed it"
             )
         x, geom = prepare_image(arr, self.config, self.device)
@@ -71,7 +72,7 @@ class SamPredictor:
         """Use a precomputed ``(1, C, h, w)`` embedding (e.g. from the volume cache)."""
         c, s = self.config.embed_dim, self.config.image_embedding_size
         if tuple(embedding.shape) != (1, c, s, s):
-            raise ValueError(
+            raise SamMedError(
                 f"embedding must have shape (1, {c}, {s}, {s}); got {tuple(embedding.shape)}"
             )
         self.features = embedding.to(self.device, torch.float32)
@@ -91,7 +92,7 @@ class SamPredictor:
 
     def _require_image(self) -> None:
         if not self.is_image_set:
-            raise ValueError("no image is set: call set_image(image) before predicting")
+            raise SamMedError("no image is set: call set_image(image) before predicting")
 
     # ---------------------------------------------------------------- prompts
     def predict(
@@ -145,38 +146,28 @@ class SamPredictor:
         h, w = geom.original_size
         coords_t = labels_t = box_t = mask_t = None
         if point_coords is None and box is None and mask_input is None and not has_text:
-            raise ValueError(
+            raise PromptError(
                 "empty prompt: give point_coords/point_labels, a box, mask_input or text"
             )
         if (point_coords is None) != (point_labels is None):
-            raise ValueError("point_coords and point_labels must be given together")
+            raise PromptError("point_coords and point_labels must be given together")
         if point_coords is not None:
-            pts = (
-                _finite_array(point_coords, "point_coords").reshape(-1, 2)
-                if np.size(point_coords)
-                else np.zeros((0, 2), np.float32)
-            )
-            labels = np.asarray(point_labels).reshape(-1)
+            pts, labels = _points_and_labels(point_coords, point_labels)
             if len(pts) == 0 and box is None and mask_input is None and not has_text:
-                raise ValueError("empty prompt: point_coords has no points and there is no box")
-            if labels.shape[0] != pts.shape[0]:
-                raise ValueError(
-                    f"point_labels has {labels.shape[0]} entries for {pts.shape[0]} points"
-                )
-            if not np.isin(labels, (0, 1)).all():
-                raise ValueError(
-                    f"point_labels must be 0 (background) or 1 (foreground); got "
-                    f"{sorted(set(labels.tolist()))}"
-                )
-            _check_inside(pts, w, h, "point")
+                raise PromptError("empty prompt: point_coords has no points and there is no box")
+            _check_inside(pts, w, h, "point_coords point")
             coords_t = torch.as_tensor(geom.coords_to_input(pts), device=self.device)[None]
             labels_t = torch.as_tensor(labels, dtype=torch.int64, device=self.device)[None]
         if box is not None:
-            b = _finite_array(box, "box").reshape(-1)
-            if b.shape != (4,):
-                raise ValueError(f"box must be (x0, y0, x1, y1); got {np.asarray(box).tolist()}")
+            b = _finite_array(box, "box")
+            if b.shape not in ((4,), (1, 4), (2, 2)):
+                raise PromptError(
+                    f"box must be (x0, y0, x1, y1), shape (4,); got shape {b.shape}: "
+                    f"{_short(box)}"
+                )
+            b = b.reshape(-1)
             if b[2] < b[0] or b[3] < b[1]:
-                raise ValueError(
+                raise PromptError(
                     f"box {b.tolist()} has x1 < x0 or y1 < y0; expected (x0, y0, x1, y1)"
                 )
             _check_inside(b.reshape(2, 2), w, h, "box corner")
@@ -185,7 +176,7 @@ class SamPredictor:
             m = _finite_array(mask_input, "mask_input")
             s = self.config.mask_input_size
             if m.shape not in ((s, s), (1, s, s)):
-                raise ValueError(f"mask_input must be ({s}, {s}) low-res logits; got {m.shape}")
+                raise PromptError(f"mask_input must be ({s}, {s}) low-res logits; got {m.shape}")
             mask_t = torch.as_tensor(m.reshape(1, 1, s, s), device=self.device)
         return coords_t, labels_t, box_t, mask_t
 
@@ -253,7 +244,7 @@ class SamPredictor:
         """Raise the standard ValueError when the model has no text-prompt support."""
         if not self.supports_text:
             source = getattr(self.model, "checkpoint_path", None) or self.config.name
-            raise ValueError(
+            raise PromptError(
                 f"this model has no text-prompt support ({source}: its config has "
                 f"text_dim=None); use points or a box, or a checkpoint trained with text prompts"
             )
@@ -270,14 +261,14 @@ class SamPredictor:
             meta = getattr(self.model, "checkpoint_metadata", None) or {}
             encoder = text_encoder_from_metadata(meta)
             if encoder is None:
-                raise ValueError(
+                raise PromptError(
                     f"this model takes {self.config.text_dim}-d text embeddings but its "
                     f"checkpoint metadata names no 'text_encoder'; pass "
                     f"SamPredictor(model, text_encoder=load_text_encoder(...)) or an embedding"
                 )
             self.text_encoder = encoder
         if self.text_encoder.dim != self.config.text_dim:
-            raise ValueError(
+            raise PromptError(
                 f"text encoder {self.text_encoder.name!r} gives {self.text_encoder.dim}-d "
                 f"embeddings but the model expects text_dim={self.config.text_dim}"
             )
@@ -295,16 +286,16 @@ class SamPredictor:
         self.require_text_support()
         if isinstance(text, str):
             if not text.strip():
-                raise ValueError("empty text prompt: give a word or phrase, e.g. 'tumour'")
+                raise PromptError("empty text prompt: give a word or phrase, e.g. 'tumour'")
             emb = self.get_text_encoder().encode([text.strip()])
         else:
             emb = torch.as_tensor(np.asarray(text) if isinstance(text, np.ndarray) else text)
             emb = emb.detach().float().reshape(1, -1) if emb.ndim == 1 else emb.detach().float()
         t = self.config.text_dim
         if emb.shape != (1, t):
-            raise ValueError(f"text embedding must be ({t},) or (1, {t}); got {tuple(emb.shape)}")
+            raise PromptError(f"text embedding must be ({t},) or (1, {t}); got {tuple(emb.shape)}")
         if not torch.isfinite(emb).all():
-            raise ValueError("text embedding contains NaN or Inf")
+            raise PromptError("text embedding contains NaN or Inf")
         return emb.to(self.device)
 
     def geometry_for(self, shape_hw: tuple[int, int]) -> ImageGeometry:
@@ -313,16 +304,59 @@ class SamPredictor:
 
 
 def _finite_array(value, name: str) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float32)
+    """``value`` as a float32 array; :class:`PromptError` naming ``name`` if it is not numeric
+    (ragged lists, strings, objects) or holds NaN/Inf."""
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise PromptError(
+            f"{name} must be numbers, shape as documented; got {_short(value)} ({exc})"
+        ) from None
     if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or Inf: {np.asarray(value).tolist()}")
+        raise PromptError(f"{name} contains NaN or Inf: {_short(value)}")
     return arr
+
+
+def _points_and_labels(point_coords, point_labels) -> tuple[np.ndarray, np.ndarray]:
+    """Validated ``(N, 2)`` float32 points and ``(N,)`` int64 labels in {0, 1}."""
+    pts = _finite_array(point_coords, "point_coords")
+    if pts.size == 0:
+        pts = np.zeros((0, 2), np.float32)
+    elif pts.ndim != 2 or pts.shape[1] != 2:
+        raise PromptError(
+            f"point_coords must have shape (N, 2) as (x, y) pixels; got shape {pts.shape}: "
+            f"{_short(point_coords)}"
+        )
+    labels = _finite_array(point_labels, "point_labels")
+    if labels.ndim > 1 or (labels.ndim == 0 and len(pts) != 1):
+        raise PromptError(f"point_labels must have shape (N,); got shape {labels.shape}")
+    labels = labels.reshape(-1)
+    if labels.shape[0] != pts.shape[0]:
+        raise PromptError(
+            f"point_labels has {labels.shape[0]} entries for {pts.shape[0]} points "
+            f"(point_coords shape {pts.shape}); expected one label per point"
+        )
+    if not np.isin(labels, (0, 1)).all():
+        raise PromptError(
+            f"point_labels must be 0 (background) or 1 (foreground); got "
+            f"{sorted(set(labels.tolist()))[:10]}"
+        )
+    return pts, labels.astype(np.int64)
+
+
+def _short(value, limit: int = 120) -> str:
+    """``repr`` of a user value, cut to ``limit`` characters."""
+    try:
+        text = repr(np.asarray(value).tolist()) if not isinstance(value, str) else repr(value)
+    except Exception:  # noqa: BLE001 - only for the message
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_inside(xy: np.ndarray, w: int, h: int, what: str) -> None:
     bad = (xy[:, 0] < 0) | (xy[:, 0] > w) | (xy[:, 1] < 0) | (xy[:, 1] > h)
     if bad.any():
-        raise ValueError(
+        raise PromptError(
             f"{what} {xy[bad][0].tolist()} (x, y) lies outside the image of width {w} and "
             f"height {h}; coordinates are (x, y) pixels of the original image"
         )

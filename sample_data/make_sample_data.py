@@ -174,8 +174,9 @@ def generate(out_dir: str | Path = HERE, seed: int = SEED) -> dict:
     for name, modality, preset, make, grid in specs:
         image, labels, names = make(rng)
         reference = grid.volume(image)
-        write_volume(reference, out / f"{name}.nii.gz")
-        write_labels(labels, reference, out / f"{name}_label.nii.gz")
+        # regenerating the sample data in place is this script's job
+        write_volume(reference, out / f"{name}.nii.gz", overwrite=True)
+        write_labels(labels, reference, out / f"{name}_label.nii.gz", overwrite=True)
         manifest["volumes"][name] = {
             "image": f"{name}.nii.gz",
             "label": f"{name}_label.nii.gz",

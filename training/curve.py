@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     series = curve_series(read_metrics(args.run_dir))
-    print(line_plot(args.out, series, "training step", "validation Dice"))
+    # a run's curve is re-plotted as training goes on: replacing it is the point
+    print(line_plot(args.out, series, "training step", "validation Dice", overwrite=True))
     return 0
 
 

@@ -221,7 +221,8 @@ class ObjectsMixin:
                 self.image_layer.scale,
                 self.image_layer.translate,
             )
-            out = write_labels(self.session.labels, ref, path)
+            # an explicit Save to the file named in the widget: replacing it is the intent
+            out = write_labels(self.session.labels, ref, path, overwrite=True)
             log = _persist.save_log(self.session, _log_path_for(out))
         except (ValueError, OSError) as exc:
             self.notify(f"Saving failed: {exc}. Check the folder and the file suffix.", True)

@@ -23,5 +23,6 @@ def write_labels_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     ref = reference_volume(
         arr.shape, meta.get("metadata") or {}, meta.get("scale"), meta.get("translate")
     )
-    out = write_labels(arr.reshape(ref.array.shape), ref, path)
+    # napari's save dialog has already asked before replacing an existing file
+    out = write_labels(arr.reshape(ref.array.shape), ref, path, overwrite=True)
     return [str(out)]

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..outputs import check_output
 from .geometry import Volume
 from .io import case_name
 from .qc import write_bytes_atomic, write_json_atomic
@@ -86,7 +87,9 @@ def object_table(labels: np.ndarray, volume: Volume) -> list[dict[str, Any]]:
     return rows
 
 
-def write_auto_qc(path: Path, volume: Volume, labels: np.ndarray, preset: str) -> Path:
+def write_auto_qc(
+    path: Path, volume: Volume, labels: np.ndarray, preset: str, overwrite: bool = False
+) -> Path:
     """A PNG of the ``QC_SLICES`` slices with the most labelled voxels, contours in colour."""
     from PIL import Image, ImageDraw
 
@@ -114,7 +117,7 @@ def write_auto_qc(path: Path, volume: Volume, labels: np.ndarray, preset: str) -
         x += t.width
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
-    write_bytes_atomic(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue(), overwrite)
     return path
 
 
@@ -125,6 +128,8 @@ def run_auto_batch(
     segment: Callable[[Any, Volume, str], np.ndarray],
     preset_for: Callable[[Volume], str],
     on_case: Callable[[int, int, str], None] | None = None,
+    overwrite: bool = False,
+    nonfinite_fill: float | None = None,
 ) -> list[dict[str, Any]]:
     """Segment every volume automatically; write labels, QC PNGs and the batch report.
 
@@ -136,6 +141,9 @@ def run_auto_batch(
             with the chosen settings bound).
         preset_for: the intensity preset of a volume.
         on_case: called ``(index, total, name)`` before each case.
+        overwrite: replace existing labels, QC images and reports (else
+            ``OutputExistsError`` naming the first one, before any work).
+        nonfinite_fill: replace NaN/Inf voxels with this value (else such a volume fails).
 
     Returns:
         The per-case report rows (also in ``auto_report.json`` / ``.csv``).
@@ -143,6 +151,11 @@ def run_auto_batch(
     from .io import read_volume, write_labels
 
     out = Path(out_dir)
+    outputs = [out / "auto_report.json", out / "auto_report.csv"]
+    for name in map(case_name, images):
+        outputs += [out / f"{name}_auto.nii.gz", out / f"{name}_auto_qc.png"]
+    for path in outputs:
+        check_output(path, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     report: list[dict[str, Any]] = []
     for i, image in enumerate(images):
@@ -152,13 +165,13 @@ def run_auto_batch(
         row: dict[str, Any] = {"case": name, "image": str(image), "status": "ok", "error": ""}
         t0 = time.perf_counter()
         try:
-            volume = read_volume(image)
+            volume = read_volume(image, nonfinite_fill=nonfinite_fill)
             preset = preset_for(volume)
             labels = segment(model, volume, preset)
             label_path = out / f"{name}_auto.nii.gz"
-            write_labels(labels, volume, label_path)
+            write_labels(labels, volume, label_path, overwrite=overwrite)
             objects = object_table(labels, volume)
-            qc = write_auto_qc(out / f"{name}_auto_qc.png", volume, labels, preset)
+            qc = write_auto_qc(out / f"{name}_auto_qc.png", volume, labels, preset, overwrite)
             row.update(output=str(label_path), qc_png=str(qc), preset=preset, objects=objects)
             row["status"] = "ok" if objects else "empty"
         except Exception as exc:  # noqa: BLE001 - one bad volume must not stop the batch
@@ -171,7 +184,8 @@ def run_auto_batch(
 
 
 def _write_report(out: Path, report: list[dict[str, Any]]) -> None:
-    write_json_atomic(out / "auto_report.json", report)
+    # the reports grow after every case: checked once before the batch, then rewritten
+    write_json_atomic(out / "auto_report.json", report, overwrite=True)
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["case", "status", "objects", "voxels", "volume_ml", "seconds", "error"])
@@ -181,4 +195,4 @@ def _write_report(out: Path, report: list[dict[str, Any]]) -> None:
             r["case"], r["status"], len(objs), sum(o["voxels"] for o in objs),
             round(sum(o["volume_ml"] for o in objs), 3), r["seconds"], r["error"],
         ])  # fmt: skip
-    write_bytes_atomic(out / "auto_report.csv", buf.getvalue().encode())
+    write_bytes_atomic(out / "auto_report.csv", buf.getvalue().encode(), overwrite=True)

@@ -115,8 +115,8 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
     if series_uid is None:
         if len(series) > 1:
             raise VolumeError(
-                f"{folder}: holds {len(series)} DICOM series, choose one with "
-                f"series_uid=...: {listing}"
+                f"{folder}: holds {len(series)} DICOM series, choose one with --series-uid "
+                f"UID (series_uid=...): {listing}"
             )
         chosen = series[0]
     else:

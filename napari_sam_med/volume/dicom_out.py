@@ -58,13 +58,13 @@ def write_case_labels(
         fmt: ``"seg"``, ``"rtstruct"`` or None (suffix decides).
         objects: the objects (``label`` and ``name`` attributes) naming the segments.
         model: the model, recorded in the DICOM object's algorithm identification.
-        overwrite: replace an existing DICOM output (NIfTI/NRRD/MHA keep their old rule).
+        overwrite: replace an existing output (else ``OutputExistsError``).
 
     Raises:
         VolumeError: see :func:`~napari_sam_med.volume.dicom_seg.write_seg`.
     """
     if fmt not in DICOM_FORMATS:
-        return write_labels(labels, volume, output)
+        return write_labels(labels, volume, output, overwrite=overwrite)
     from .dicom_seg import algorithm_for, default_segments, write_seg
     from .rtstruct_out import write_rtstruct
 

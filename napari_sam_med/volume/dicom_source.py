@@ -14,12 +14,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..errors import OutputExistsError
+from ..outputs import atomic_output, check_output
 from .dicom import DICOM_INSTALL_HINT, list_dicom_series
 from .geometry import Volume, VolumeError, world_to_index
 
@@ -161,28 +162,23 @@ def write_dataset_atomic(ds: Any, path: str | os.PathLike, overwrite: bool = Fal
             the write fails (nothing is left behind).
     """
     path = Path(path)
-    refuse_existing(path, overwrite)
     if not path.parent.is_dir():
         raise VolumeError(f"{path}: folder {path.parent} does not exist")
-    tmp = path.parent / f".tmp-{uuid.uuid4().hex[:12]}.dcm"
     try:
-        ds.save_as(str(tmp), enforce_file_format=True)
-        os.replace(tmp, path)
+        with atomic_output(path, overwrite) as tmp:  # the package's one overwrite rule
+            ds.save_as(str(tmp), enforce_file_format=True)
+    except OutputExistsError:
+        raise
     except (OSError, ValueError, TypeError) as err:
         raise VolumeError(f"{path}: writing failed ({err})") from err
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     logger.info("wrote %s (%s)", path, getattr(ds, "Modality", "DICOM"))
     return path
 
 
 def refuse_existing(path: str | os.PathLike, overwrite: bool) -> None:
-    """VolumeError when ``path`` exists and may not be replaced."""
-    if Path(path).exists() and not overwrite:
-        raise VolumeError(
-            f"{path}: already exists; pass --overwrite (overwrite=True) to replace it"
-        )
+    """``OutputExistsError`` (a ``VolumeError``) when ``path`` exists and may not be replaced:
+    :func:`napari_sam_med.outputs.check_output`, the package's one overwrite rule."""
+    check_output(path, overwrite)
 
 
 def content_uid(*parts: bytes | str) -> str:

@@ -23,13 +23,11 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import VolumeError
+
 logger = logging.getLogger(__name__)
 
 IDENTITY_DIRECTION: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-
-
-class VolumeError(ValueError):
-    """A volume, label or DICOM file cannot be used; the message names the file and the fault."""
 
 
 @dataclass

@@ -12,17 +12,16 @@ Every fault is reported as :class:`VolumeError` (a ``ValueError``) naming the fi
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 import re
-import uuid
-import zlib
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import OutputExistsError
+from ..outputs import atomic_output, check_output
 from .dicom import list_dicom_series, read_dicom_series, read_rtstruct
 from .dicom_seg_read import read_seg
 from .geometry import (
@@ -36,6 +35,8 @@ from .geometry import (
     world_to_index,
     world_to_nearest_index,
 )
+from .header_guard import check_claimed_size
+from .nonfinite import check_finite, nifti_nonfinite_mask
 
 __all__ = [
     "READ_SUFFIXES",
@@ -88,6 +89,7 @@ def read_volume(
     series_uid: str | None = None,
     component: int | None = None,
     allow_nonfinite: bool = False,
+    nonfinite_fill: float | None = None,
 ) -> Volume:
     """Read a 3D volume with its geometry.
 
@@ -97,19 +99,24 @@ def read_volume(
         series_uid: For a DICOM folder holding several series: the SeriesInstanceUID to read.
         component: For 4D files (several volumes, e.g. time points or modalities) or
             multi-component pixels: which volume to read, from 0.
-        allow_nonfinite: Accept NaN/Inf voxels instead of raising.
+        allow_nonfinite: Accept NaN/Inf voxels as they are instead of raising (for NIfTI,
+            SimpleITK has already turned them into 0).
+        nonfinite_fill: Replace NaN/Inf voxels with this value instead of raising.
 
     Returns:
         The :class:`Volume` (array ``(z, y, x)`` in the file's own dtype, CT in HU for DICOM).
 
     Raises:
-        VolumeError: missing, unreadable or truncated file; unsupported suffix; empty DICOM
+        VolumeError: missing, unreadable or truncated file, or a header claiming more data
+            than the file holds (checked before allocating, see
+            :mod:`~napari_sam_med.volume.header_guard`); unsupported suffix; empty DICOM
             folder; several DICOM series and no ``series_uid``; 4D data and no
-            ``component``; NaN/Inf voxels.
+            ``component``; NaN/Inf voxels (with their count) and no ``nonfinite_fill``.
     """
     path = Path(path)
     if not path.exists():
         raise VolumeError(f"{path}: no such file or folder")
+    mask = None
     if path.is_dir():
         vol = read_dicom_series(path, series_uid)
     else:
@@ -123,9 +130,12 @@ def read_volume(
         if kind == "dicom":
             vol = read_dicom_series(path.parent, series_uid or _series_uid_of(path))
         else:
+            check_claimed_size(path, kind)
+            if kind == "nifti" and not allow_nonfinite:
+                mask = nifti_nonfinite_mask(path, component)
             vol = _read_file(path, kind, component)
-    if not allow_nonfinite:
-        _check_finite(vol)
+    if not allow_nonfinite or nonfinite_fill is not None:
+        check_finite(vol, mask, nonfinite_fill)
     return vol
 
 
@@ -139,46 +149,7 @@ def _series_uid_of(path: Path) -> str:
         raise VolumeError(f"{path}: not a readable DICOM image ({_first_line(err)})") from err
 
 
-def _check_nifti_complete(path: Path) -> None:
-    """Raise if a NIfTI file holds fewer data bytes than its header promises.
-
-    ITK pads a truncated NIfTI with zeros instead of failing, so this is checked first: from
-    the file size (``.nii``) or the gzip trailer's uncompressed size (``.nii.gz``, confirmed by
-    decompressing only when the trailer disagrees).
-    """
-    import nibabel
-
-    try:
-        proxy = nibabel.load(str(path)).dataobj  # reads the header only
-        nbytes = int(np.prod(proxy.shape, dtype=np.int64)) * np.dtype(proxy.dtype).itemsize
-        expected = int(proxy.offset) + nbytes
-    except Exception as err:  # nibabel raises many types for a bad header
-        raise VolumeError(f"{path}: not a readable NIfTI file ({_first_line(err)})") from err
-    if path.name.lower().endswith(".gz"):
-        with open(path, "rb") as fh:
-            fh.seek(-4, os.SEEK_END)
-            trailer = int.from_bytes(fh.read(4), "little")
-        if trailer == expected % 2**32:
-            return
-        actual = 0
-        try:
-            with gzip.open(path, "rb") as gz:
-                while chunk := gz.read(1 << 16):
-                    actual += len(chunk)
-        except (OSError, EOFError, zlib.error):
-            pass  # a truncated stream ends early; `actual` counts what could be read
-    else:
-        actual = path.stat().st_size
-    if actual < expected:
-        raise VolumeError(
-            f"{path}: truncated NIfTI file: only {actual} of the {expected} bytes "
-            "its header promises could be read"
-        )
-
-
 def _read_file(path: Path, kind: str, component: int | None) -> Volume:
-    if kind == "nifti":
-        _check_nifti_complete(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -219,8 +190,8 @@ def _select_component(
             else f"{n_vec} components per voxel"
         )
         raise VolumeError(
-            f"{path}: holds {count} volumes ({layout}); choose one with "
-            f"read_volume(path, component=k), k in 0..{count - 1}"
+            f"{path}: holds {count} volumes ({layout}); choose one with --component K "
+            f"(read_volume(path, component=K)), K in 0..{count - 1}"
         )
     if not 0 <= component < count:
         raise VolumeError(f"{path}: component={component} out of range 0..{count - 1}")
@@ -231,34 +202,28 @@ def _select_component(
     return image, {"component": component, "n_components": count}
 
 
-def _check_finite(vol: Volume) -> None:
-    if vol.array.dtype.kind not in "fc":
-        return
-    bad = int(np.count_nonzero(~np.isfinite(vol.array)))
-    if bad:
-        n_nan = int(np.count_nonzero(np.isnan(vol.array)))
-        raise VolumeError(
-            f"{vol._name()}: {bad} of {vol.array.size} voxels are not finite "
-            f"({n_nan} NaN, {bad - n_nan} Inf); fix the file or pass allow_nonfinite=True"
-        )
-
-
-def write_volume(vol: Volume, path: str | os.PathLike, compress: bool = True) -> Path:
+def write_volume(
+    vol: Volume, path: str | os.PathLike, compress: bool = True, overwrite: bool = False
+) -> Path:
     """Write ``vol`` atomically to NIfTI/NRRD/MetaImage, chosen by the suffix of ``path``.
 
     The data go to a temporary file in the same folder (same suffix, so SimpleITK picks the
-    right writer), which then replaces ``path`` in one step; on failure nothing is left over.
+    right writer), which then becomes ``path`` in one step; on failure nothing is left over.
+    An existing ``path`` is refused unless ``overwrite`` (the rule of
+    :func:`napari_sam_med.outputs.atomic_output`).
 
     Args:
         vol: The volume; its spacing, origin and direction are written unchanged.
         path: Target file ending in one of :data:`WRITE_SUFFIXES`.
         compress: gzip the voxel data where the format allows (NRRD, MetaImage).
+        overwrite: replace an existing file.
 
     Returns:
         The written path.
 
     Raises:
-        VolumeError: unsupported suffix, missing folder, or a failed write.
+        OutputExistsError: ``path`` exists and ``overwrite`` is False.
+        VolumeError: unsupported suffix, missing or read-only folder, or a failed write.
     """
     path = Path(path)
     suffix = file_suffix(path)
@@ -270,22 +235,26 @@ def write_volume(vol: Volume, path: str | os.PathLike, compress: bool = True) ->
     if not path.parent.is_dir():
         raise VolumeError(f"{path}: folder {path.parent} does not exist")
     image = volume_to_sitk(vol)
-    # Not mkstemp: its 0600 mode would stick to the result; SimpleITK creates the file normally.
-    tmp_name = str(path.parent / f".tmp-{uuid.uuid4().hex[:12]}{suffix}")
     try:
-        sitk.WriteImage(image, tmp_name, compress)
-        os.replace(tmp_name, path)
-    except (RuntimeError, OSError) as err:
-        raise VolumeError(f"{path}: writing failed ({_first_line(err)})") from err
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+        with atomic_output(path, overwrite) as tmp:
+            try:
+                sitk.WriteImage(image, str(tmp), compress)
+            except RuntimeError as err:
+                raise VolumeError(f"{path}: writing failed ({_first_line(err)})") from None
+    except OutputExistsError:
+        raise
+    except OSError as err:
+        raise VolumeError(f"{path}: writing failed ({err})") from None
     logger.info("wrote %s %s (z, y, x) %s", path, vol.array.shape, vol.array.dtype)
     return path
 
 
 def write_labels(
-    labels: np.ndarray, reference: Volume, path: str | os.PathLike, compress: bool = True
+    labels: np.ndarray,
+    reference: Volume,
+    path: str | os.PathLike,
+    compress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Write a label map on exactly the reference image's grid (atomic, format by suffix).
 
@@ -295,20 +264,29 @@ def write_labels(
         reference: The image the labels annotate; its spacing, origin and direction are used.
         path: Target ``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha`` file.
         compress: gzip the voxel data where the format allows.
+        overwrite: replace an existing file (else :class:`OutputExistsError`).
 
     Returns:
         The written path.
 
     Raises:
+        OutputExistsError: ``path`` exists and ``overwrite`` is False.
         VolumeError: wrong shape, non-integer or negative-overflowing values, or a failed write.
     """
+    if not isinstance(reference, Volume):
+        raise VolumeError(
+            f"{path}: write_labels(labels, reference, path) needs the reference Volume second; "
+            f"got {type(reference).__name__} {str(reference)[:80]!r}"
+        )
     labels = np.asarray(labels)
     if labels.shape != reference.array.shape:
         raise VolumeError(
             f"{path}: label shape {labels.shape} (z, y, x) does not match the reference "
             f"{reference._name()} shape {reference.array.shape}"
         )
-    return write_volume(reference.with_array(_label_dtype(labels, path)), path, compress)
+    check_output(path, overwrite)  # before converting the labels
+    data = reference.with_array(_label_dtype(labels, path))
+    return write_volume(data, path, compress, overwrite)
 
 
 def _label_dtype(labels: np.ndarray, path: str | os.PathLike) -> np.ndarray:

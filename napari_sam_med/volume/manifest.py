@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ManifestError
 from .dicom_out import default_output_name, output_problem
 from .geometry import Volume, world_to_index
 from .io import file_suffix
@@ -51,10 +52,6 @@ _OBJECT_KEYS = {
     "label", "name", "space", "box3d", "box", "slice", "points", "point_labels", "text",
     "text_slices",
 }  # fmt: skip
-
-
-class ManifestError(ValueError):
-    """A manifest (or a command line standing in for one) is malformed."""
 
 
 @dataclass

@@ -11,17 +11,19 @@ the prompt box/points on key slices. Tiles keep the voxels' physical aspect rati
 from __future__ import annotations
 
 import io
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..outputs import check_output, write_bytes_atomic, write_json_atomic
 from ..preprocessing import apply_intensity, intensity_range
 from .geometry import Volume
 from .objects import QC_MIN_IOU, QC_MIN_STABILITY, ObjectSegmentation
+
+__all__ = ["qc_paths", "render_overlay", "summary_table", "write_bytes_atomic",
+           "write_json_atomic", "write_qc"]  # fmt: skip
 
 TILE = 256  # longer side of a tile, in pixels
 CAPTION = 14  # caption band height
@@ -40,46 +42,6 @@ def qc_paths(qc_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
     return d / f"{name}_qc.png", d / f"{name}_qc.json"
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary file in ``path``'s folder (created), then rename it over."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, default=_jsonable)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray | tuple | set):
-        return list(obj.tolist() if isinstance(obj, np.ndarray) else obj)
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
 def write_qc(
     qc_dir: str | os.PathLike,
     case: Any,
@@ -88,6 +50,7 @@ def write_qc(
     objects: list[ObjectSegmentation],
     preset: str,
     result: dict[str, Any],
+    overwrite: bool = False,
 ) -> tuple[Path, Path]:
     """Write ``<name>_qc.png`` and ``<name>_qc.json`` into ``qc_dir`` (created if needed).
 
@@ -99,16 +62,17 @@ def write_qc(
         objects: per-object results with their QC traces.
         preset: the intensity preset used.
         result: the case summary (a ``CaseResult`` as a dict).
+        overwrite: replace existing QC files (else :class:`OutputExistsError`).
 
     Returns:
         The PNG and JSON paths.
     """
     png, js = qc_paths(qc_dir, case.name)
-    png.parent.mkdir(parents=True, exist_ok=True)
+    check_output(png, overwrite), check_output(js, overwrite)
     image = render_overlay(volume, labels, objects, preset, title=case.name)
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    write_bytes_atomic(png, buf.getvalue())
+    write_bytes_atomic(png, buf.getvalue(), overwrite)
     trace = {
         "case": case.name,
         "image": str(case.image),
@@ -128,7 +92,7 @@ def write_qc(
             for o in objects
         ],
     }
-    write_json_atomic(js, trace)
+    write_json_atomic(js, trace, overwrite)
     return png, js
 
 

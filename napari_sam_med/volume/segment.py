@@ -13,24 +13,23 @@ QC files when a QC folder is asked for). The marker is written last, after the l
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..preprocessing import guess_preset
 from .cache import EmbeddingCache, model_weights_id
+from .case_files import claim_case_outputs, marker_path, sha256_path
 from .dicom_out import check_case_output, write_case_labels
 from .geometry import Volume
 from .io import read_volume
-from .manifest import CaseSpec, VoxelPrompt, file_stem, object_prompts
+from .manifest import CaseSpec, VoxelPrompt, object_prompts
 from .objects import ObjectSegmentation, compose_labels
 from .propagate import PropagationSettings, Propagator
 from .qc import qc_paths, write_json_atomic, write_qc
@@ -38,8 +37,6 @@ from .slices import SliceSegmenter
 from .text3d import add_text, segment_text
 
 logger = logging.getLogger(__name__)
-
-MARKER_SUFFIX = ".sam-med.json"
 
 
 @dataclass
@@ -160,6 +157,7 @@ def segment_case(
     resume: bool = False,
     on_progress: ProgressFn | None = None,
     overwrite: bool = False,
+    nonfinite_fill: float | None = None,
 ) -> CaseResult:
     """Read a case's image, segment its objects, write labels (+ QC) and the marker.
 
@@ -172,13 +170,11 @@ def segment_case(
         qc_dir: write ``<name>_qc.png`` and ``<name>_qc.json`` there.
         resume: return a ``"skipped"`` result when the case is already complete.
         on_progress: per-slice callback.
-        overwrite: replace an existing DICOM SEG/RTSTRUCT output (``case.format``).
-
-    Returns:
-        The :class:`CaseResult`.
+        overwrite: replace existing outputs (else ``OutputExistsError`` before any work).
+        nonfinite_fill: replace NaN/Inf voxels with this value (else they are an error).
 
     Raises:
-        VolumeError, ManifestError, ValueError, OSError: the case cannot be done.
+        OutputExistsError, VolumeError, ManifestError, ValueError, OSError: not doable.
     """
     t0 = time.perf_counter()
     result = CaseResult(case.index, case.name, str(case.image), str(case.output))
@@ -187,26 +183,29 @@ def segment_case(
         done = completed_result(case, fingerprint, qc_dir)
         if done is not None:
             return done
-    volume = read_volume(case.image, series_uid=case.series_uid, component=case.component)
-    check_case_output(volume, case.format, case.output, overwrite)
+    replace = claim_case_outputs(case, qc_dir, overwrite, resume)
+    volume = read_volume(case.image, case.series_uid, case.component, nonfinite_fill=nonfinite_fill)
+    check_case_output(volume, case.format, case.output, replace)
     result.preset = resolve_preset(preset or case.preset, case.modality, volume)
     prompts = [object_prompts(o, volume) for o in case.objects]
     labels, objects = segment_volume(
         model, volume, prompts, result.preset, cache, settings, on_progress, case.name
     )
     case.output.parent.mkdir(parents=True, exist_ok=True)
-    write_case_labels(labels, volume, case.output, case.format, objects, model, overwrite)
+    write_case_labels(labels, volume, case.output, case.format, objects, model, replace)
     _fill_summary(result, labels, objects, volume)
     result.seconds = round(time.perf_counter() - t0, 3)
     if qc_dir is not None:
-        png, js = write_qc(qc_dir, case, volume, labels, objects, result.preset, result.to_json())
+        png, js = write_qc(
+            qc_dir, case, volume, labels, objects, result.preset, result.to_json(), replace
+        )
         result.qc_png, result.qc_json = str(png), str(js)
     marker = {
         "fingerprint": fingerprint,
         "output_sha256": sha256_path(case.output),
         "result": result.to_json(),
     }
-    write_json_atomic(marker_path(case.output), marker)
+    write_json_atomic(marker_path(case.output), marker, overwrite=replace)
     return result
 
 
@@ -260,12 +259,6 @@ def error_line(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- resume
-def marker_path(output: str | os.PathLike) -> Path:
-    """The completion marker beside ``output`` (``ct1_seg.nii.gz`` -> ``ct1_seg.sam-med.json``)."""
-    out = Path(output)
-    return out.with_name(file_stem(out) + MARKER_SUFFIX)
-
-
 def case_fingerprint(case: CaseSpec, model: Any, preset: str | None) -> dict[str, Any]:
     """What must be equal for an earlier output to count as this run's output."""
     return {
@@ -301,20 +294,6 @@ def completed_result(
     old.status, old.seconds = "skipped", 0.0
     old.index, old.name = case.index, case.name
     return old
-
-
-def sha256_path(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file, or of every file under a folder (relative names and contents)."""
-    p = Path(path)
-    h = hashlib.sha256()
-    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    for f in files:
-        if p.is_dir():
-            h.update(str(f.relative_to(p)).encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(chunk), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------- automatic masks

@@ -43,7 +43,9 @@ def test_bad_cases_are_reported_by_name_and_skipped_or_stop(tmp_path):
     img, lab = make_volume(1)
     write_case(root, "empty", img, np.zeros_like(lab))
     write_case(root, "mismatch", img, lab)
-    write_volume(Volume(lab[:, :40], (1.0, 1.0, 2.5)), root / "mismatch" / "CT_mask.nii.gz")
+    write_volume(
+        Volume(lab[:, :40], (1.0, 1.0, 2.5)), root / "mismatch" / "CT_mask.nii.gz", overwrite=True
+    )
     write_case(root, "corrupt", img, lab)
     (root / "corrupt" / "CT_image.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     cases = cases_from_folder(root)

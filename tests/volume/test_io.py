@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from napari_sam_med.errors import OutputExistsError
 from napari_sam_med.volume.io import (
     Volume,
     VolumeError,
@@ -94,7 +95,9 @@ def test_write_labels_on_reference_grid(tmp_path: Path, oblique: Volume) -> None
 def test_atomic_write_leaves_no_temp_file(tmp_path: Path, oblique: Volume) -> None:
     target = tmp_path / "lab.nii.gz"
     write_labels(np.ones(oblique.array.shape, np.uint8), oblique, target)
-    write_labels(np.zeros(oblique.array.shape, np.uint8), oblique, target)  # replace
+    with pytest.raises(OutputExistsError, match=r"lab\.nii\.gz: already exists"):
+        write_labels(np.zeros(oblique.array.shape, np.uint8), oblique, target)
+    write_labels(np.zeros(oblique.array.shape, np.uint8), oblique, target, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lab.nii.gz"]
     assert read_volume(target).array.max() == 0
     assert os.stat(target).st_mode & 0o044, "written file should be readable by others (umask)"
@@ -112,7 +115,7 @@ def test_failed_write_leaves_old_file_and_no_temp(
 
     monkeypatch.setattr(sitk, "WriteImage", broken_write)
     with pytest.raises(VolumeError, match=r"lab\.mha: writing failed \(disk full\)"):
-        write_labels(np.zeros(oblique.array.shape, np.uint8), oblique, target)
+        write_labels(np.zeros(oblique.array.shape, np.uint8), oblique, target, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lab.mha"]
     monkeypatch.undo()
     assert read_volume(target).array.min() == 1
@@ -245,7 +248,7 @@ def test_4d_needs_component(tmp_path: Path) -> None:
     with pytest.raises(VolumeError) as info:
         read_volume(path)
     assert "four.nii.gz: holds 3 volumes" in str(info.value)
-    assert "read_volume(path, component=k), k in 0..2" in str(info.value)
+    assert "--component K (read_volume(path, component=K)), K in 0..2" in str(info.value)
     vol = read_volume(path, component=2)
     assert vol.array.shape == (4, 5, 6) and np.all(vol.array == 2)
     assert vol.spacing == (2.0, 3.0, 4.0) and vol.metadata["n_components"] == 3

@@ -7,8 +7,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from napari_sam_med.errors import OutputExistsError
 from napari_sam_med.volume.geometry import Volume
 from napari_sam_med.volume.objects import ObjectSegmentation
 from napari_sam_med.volume.qc import (
@@ -99,7 +101,9 @@ def test_write_qc_files_and_trace(tmp_path: Path) -> None:
 def test_write_json_atomic_replaces(tmp_path: Path) -> None:
     path = tmp_path / "a.json"
     write_json_atomic(path, {"x": np.int64(3), "t": (1, 2), "p": tmp_path})
-    write_json_atomic(path, {"x": np.float32(1.5), "arr": np.arange(2)})
+    with pytest.raises(OutputExistsError, match=r"a\.json: already exists"):
+        write_json_atomic(path, {"x": np.float32(1.5), "arr": np.arange(2)})
+    write_json_atomic(path, {"x": np.float32(1.5), "arr": np.arange(2)}, overwrite=True)
     assert json.loads(path.read_text()) == {"x": 1.5, "arr": [0, 1]}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
