@@ -117,6 +117,11 @@ def slice_range(slices: list[int] | None, depth: int | None = None) -> list[int]
     return list(range(z0, z1 + 1))
 
 
+def _unique_names(specs: list[str]) -> list[str]:
+    names = [_model_name(s) for s in specs]
+    return names if len(set(names)) == len(names) else [f"{i + 1}:{n}" for i, n in enumerate(names)]
+
+
 def _model_name(spec: str) -> str:
     p = Path(spec)
     return p.stem if p.suffix else spec
@@ -139,17 +144,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     from .export import discover_cases
 
+    if args.mode == "3d":  # its run folder has its own rule (--overwrite / --resume)
+        from .bench3d.cli import cmd_evaluate3d
+
+        specs = args.models or [args.model]
+        return cmd_evaluate3d(args, specs, _unique_names(specs))
     out = args.out_dir
     outputs = claim_outputs(args.overwrite, out / "summary.csv", out / "objects.csv",
                             out / "dice_vs_clicks.png")  # fmt: skip
     specs = args.models or [args.model]
-    names = [_model_name(s) for s in specs]
-    if len(set(names)) != len(names):
-        names = [f"{i + 1}:{n}" for i, n in enumerate(names)]
-    if args.mode == "3d":
-        from .bench3d.cli import cmd_evaluate3d
-
-        return cmd_evaluate3d(args, specs, names)
+    names = _unique_names(specs)
     settings = ClickSettings(
         max_clicks=args.max_clicks,
         slices_per_object=args.slices_per_object,

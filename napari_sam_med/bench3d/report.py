@@ -121,9 +121,9 @@ def write_reports(
     rows = summarise(records, steps)
     written = []
     if rows:
-        written.append(write_csv(out / "summary.csv", rows))
+        written.append(write_csv(out / "summary.csv", rows, overwrite=True))
     if records:
-        written.append(write_csv(out / "cases.csv", case_rows(records)))
+        written.append(write_csv(out / "cases.csv", case_rows(records), overwrite=True))
     summary = {
         "run": header,
         "definitions": DEFINITIONS,
@@ -133,11 +133,15 @@ def write_reports(
         ],  # fmt: skip
         "cases": list(records),
     }
-    written.append(write_json_atomic(out / "summary.json", summary))
+    written.append(write_json_atomic(out / "summary.json", summary, overwrite=True))
     for start in STARTS:
         lines = curves(rows, start, steps)
         if lines:
             png = out / f"dice_vs_clicks_{start}.png"
             series = {name: (list(range(len(c))), c) for name, c in lines.items()}
-            written.append(line_plot(png, series, f"clicks after the {start} start", "mean Dice"))
+            written.append(
+                line_plot(
+                    png, series, f"clicks after the {start} start", "mean Dice", overwrite=True
+                )
+            )
     return written

@@ -85,7 +85,7 @@ class RunFolder:
         elif resume and (self.out / HEADER).exists():
             self._check_header()
             self.records = self._load_records()
-        write_json_atomic(self.out / HEADER, header)
+        write_json_atomic(self.out / HEADER, header, overwrite=True)  # the run policy is applied
 
     def _check_header(self) -> None:
         path = self.out / HEADER
@@ -117,7 +117,9 @@ class RunFolder:
                 logger.warning("%s: ignoring a half-written last line", path)
         records = list(latest.values())
         # compact: drop the replaced and half-written lines before appending again
-        write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+        write_bytes_atomic(
+            path, "".join(json.dumps(r) + "\n" for r in records).encode(), overwrite=True
+        )
         return records
 
     def done(self) -> set[tuple[str, str, str]]:
