@@ -136,7 +136,7 @@ class _Block:
         xw = F.layer_norm(xw.view(n_win * n, c), (c,), None, None, self.eps)
         qkv = linear(xw, self.qkv_w, self.qkv_b).view(n_win, n, self.heads, 3, -1)
         q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias, scale=1.0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias.to(q.dtype), scale=1.0)
         out = window_reverse(out.transpose(1, 2).reshape(n_win, n, c), self.window, 1, h, w)
         return linear_add(out[0].reshape(h * w, c), self.proj_w, self.proj_b, x.reshape(h * w, c))
 
