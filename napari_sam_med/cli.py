@@ -34,12 +34,8 @@ _BOX3D = ("X0", "Y0", "Z0", "X1", "Y1", "Z1")
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``sam-med``; returns the exit code (0 ok, 1 a case failed, 2 a usage/input error)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG
-        if args.verbose > 1
-        else (logging.INFO if args.verbose else logging.WARNING),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.DEBUG if args.verbose > 1 else (logging.INFO if args.verbose else 30)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -57,13 +53,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (sub-commands segment, precompute, auto, info, evaluate, export)."""
     p = argparse.ArgumentParser(prog="sam-med", description="Segment Anything for CT/MRI tumours.")
+    from .cli_onnx import add_export_onnx, add_speed_args
+
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     model = argparse.ArgumentParser(add_help=False, parents=[common])
-    model.add_argument("--model", default="lite_medsam", help="registry name or checkpoint file")
+    model.add_argument("--model", default="lite_medsam", help="registry name/checkpoint/ONNX dir")
     model.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps")
+    add_speed_args(model)  # --precision / --fast
     model.add_argument("--preset", help="intensity preset (default: from the modality)")
     model.add_argument("--modality", help="CT or MR, to guess the preset (manifest: default)")
     model.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -120,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_extra import add_commands  # evaluate, export (the data engine)
 
     add_commands(sub, common, model)
+    add_export_onnx(sub, common)
     return p
 
 
@@ -260,7 +260,7 @@ def _run_with_progress(cases, model, args, kwargs, quiet: bool) -> list:
 
 
 def _load_model(args: argparse.Namespace, local_rank: int | None = None):
-    from .build import build_sam
+    from .backends import load_model
     from .device import resolve_device
 
     device = args.device
@@ -268,7 +268,7 @@ def _load_model(args: argparse.Namespace, local_rank: int | None = None):
         # one GPU per torchrun rank; CPU-only ranks keep resolve_device's choice
         if resolve_device("auto").type == "cuda":
             device = f"cuda:{local_rank}"
-    return build_sam(args.model, device=resolve_device(device))
+    return load_model(args.model, device=resolve_device(device), precision=args.precision)
 
 
 def _cache(args: argparse.Namespace):

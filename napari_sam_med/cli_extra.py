@@ -72,7 +72,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """``sam-med evaluate``: Dice vs clicks, NoC@85/90 and timings for each model."""
     from tqdm import tqdm
 
-    from .build import build_sam
+    from .backends import load_model
     from .device import resolve_device
     from .evaluate import (
         ClickSettings,
@@ -102,7 +102,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     rows, objects = [], []
     for spec, name in zip(specs, names, strict=True):
-        model = build_sam(spec, device=device)
+        model = load_model(spec, device=device, precision=args.precision)
         bar = tqdm(desc=name, unit="object", disable=args.no_progress)
         results = evaluate_model(
             model, cases, settings, name, args.preset, on_object=lambda _r, b=bar: b.update(1)

@@ -30,30 +30,25 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from .build import sha256_file
 from .modeling import Sam
+from .onnx_runtime import (
+    DECODER_FILE,
+    ENCODER_FILE,
+    ONNX_FORMAT,
+    ONNX_FORMAT_VERSION,
+    graph_sha256,
+    require_onnx,
+    validate_export,
+)
 
 logger = logging.getLogger(__name__)
 
-ONNX_FORMAT = "napari-sam-med-onnx"
-ONNX_FORMAT_VERSION = "1"
-ENCODER_FILE, DECODER_FILE = "encoder.onnx", "decoder.onnx"
 OPSET = 17
-INSTALL_HINT = "pip install 'napari-sam-med[onnx]'   (onnx and onnxruntime)"
-
-
-def require_onnx() -> Any:
-    """Import ``onnx`` or raise ImportError with the install hint."""
-    try:
-        import onnx
-    except ImportError as exc:
-        raise ImportError(f"ONNX export needs the 'onnx' package: {INSTALL_HINT}") from exc
-    return onnx
 
 
 class DecoderForOnnx(nn.Module):
@@ -130,15 +125,6 @@ def export_metadata(model: Sam) -> dict[str, str]:
     }
 
 
-def graph_sha256(proto: Any) -> str:
-    """SHA-256 of an ONNX model's serialised bytes with its metadata removed."""
-    onnx = require_onnx()
-    bare = onnx.ModelProto()
-    bare.CopyFrom(proto)
-    del bare.metadata_props[:]
-    return hashlib.sha256(bare.SerializeToString(deterministic=True)).hexdigest()
-
-
 def _export_one(module: nn.Module, args: tuple, path: Path, names: dict, meta: dict) -> None:
     onnx = require_onnx()
     torch.onnx.export(
@@ -186,8 +172,6 @@ def export_onnx(
     try:
         _write(model, tmp)
         if validate:
-            from .onnx_runtime import validate_export
-
             report = validate_export(model, tmp)
             logger.info("ONNX export validated: %s", report)
         _replace_dir(tmp, out)

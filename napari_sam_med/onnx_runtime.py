@@ -15,6 +15,7 @@ shapes the metadata claims; a caller that knows which weights it expects passes
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -24,15 +25,11 @@ import numpy as np
 import torch
 
 from .config import SamConfig
-from .onnx_export import (
-    DECODER_FILE,
-    ENCODER_FILE,
-    INSTALL_HINT,
-    ONNX_FORMAT,
-    ONNX_FORMAT_VERSION,
-    graph_sha256,
-    require_onnx,
-)
+
+ONNX_FORMAT = "napari-sam-med-onnx"
+ONNX_FORMAT_VERSION = "1"
+ENCODER_FILE, DECODER_FILE = "encoder.onnx", "decoder.onnx"
+INSTALL_HINT = "pip install 'napari-sam-med[onnx]'   (onnx and onnxruntime)"
 
 _SHARED_KEYS = ("model_name", "weights_sha256", "img_size", "normalization", "config")
 
@@ -41,6 +38,24 @@ def is_onnx_export(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a folder holding ``encoder.onnx`` and ``decoder.onnx``."""
     p = Path(path)
     return p.is_dir() and (p / ENCODER_FILE).is_file() and (p / DECODER_FILE).is_file()
+
+
+def require_onnx() -> Any:
+    """Import ``onnx`` or raise ImportError with the install hint."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ImportError(f"ONNX export and loading need 'onnx': {INSTALL_HINT}") from exc
+    return onnx
+
+
+def graph_sha256(proto: Any) -> str:
+    """SHA-256 of an ONNX model's serialised bytes with its metadata removed."""
+    onnx = require_onnx()
+    bare = onnx.ModelProto()
+    bare.CopyFrom(proto)
+    del bare.metadata_props[:]
+    return hashlib.sha256(bare.SerializeToString(deterministic=True)).hexdigest()
 
 
 def _require_ort() -> Any:
@@ -122,9 +137,9 @@ class OnnxSam:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
-        providers = ["CPUExecutionProvider"]
-        self.encoder = ort.InferenceSession(str(self.folder / ENCODER_FILE), opts, providers=providers)
-        self.decoder = ort.InferenceSession(str(self.folder / DECODER_FILE), opts, providers=providers)
+        cpu = ["CPUExecutionProvider"]
+        self.encoder = ort.InferenceSession(str(self.folder / ENCODER_FILE), opts, providers=cpu)
+        self.decoder = ort.InferenceSession(str(self.folder / DECODER_FILE), opts, providers=cpu)
         self._check_shapes()
 
     def _check_shapes(self) -> None:
