@@ -108,8 +108,8 @@ class StageClock:
 
     def close_click(self, t0: float) -> None:
         m = self.marks
-        order = ["t0", "added", "color0", "color1", "diff0", "diff1", "sync", "decode0", "decode1", "up0", "up1", "yield",
-                 "done0", "session1", "done1"]  # fmt: skip
+        order = ["t0", "added", "color0", "color1", "diff0", "diff1", "sync", "decode0",
+                 "decode1", "up0", "up1", "yield", "done0", "session1", "done1"]  # fmt: skip
         m["t0"] = t0
         if all(k in m for k in order):
             self.rows.append({
@@ -134,9 +134,7 @@ class StageClock:
 def instrument(widget, clock: StageClock) -> None:
     """Put the clock's marks on the widget's click path (public behaviour unchanged)."""
     import napari_sam_med.predictor as predictor_mod
-    from napari_sam_med.plugin import _session
-
-    from napari_sam_med.plugin import _layers
+    from napari_sam_med.plugin import _layers, _session
 
     clock.timed(_layers, "color_points", "color0", "color1")
     clock.timed(_layers, "prompts_from_layers", "diff0", "diff1")
