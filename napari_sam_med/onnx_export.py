@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -127,10 +128,13 @@ def export_metadata(model: Sam) -> dict[str, str]:
 
 def _export_one(module: nn.Module, args: tuple, path: Path, names: dict, meta: dict) -> None:
     onnx = require_onnx()
-    torch.onnx.export(
-        module, args, str(path), input_names=names["inputs"], output_names=names["outputs"],
-        dynamic_axes=names.get("dynamic"), opset_version=OPSET, dynamo=False,
-    )  # fmt: skip
+    with warnings.catch_warnings():
+        # shape checks and the fixed input size are traced as constants, as intended
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            module, args, str(path), input_names=names["inputs"], output_names=names["outputs"],
+            dynamic_axes=names.get("dynamic"), opset_version=OPSET, dynamo=False,
+        )  # fmt: skip
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
     for key, value in {**meta, "graph_sha256": graph_sha256(proto)}.items():
