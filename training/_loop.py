@@ -79,6 +79,7 @@ def _checkpoint(self: Any, val: dict[str, float]) -> None:
                 "trainable": self.cfg.model.trainable,
                 "intensity": self.cfg.data.intensity,
                 "click_trained": self.cfg.sim.num_clicks > 0,
+                "capabilities": capabilities(self.cfg),
                 "val": val,
             }
         }
@@ -101,6 +102,17 @@ def _checkpoint(self: Any, val: dict[str, float]) -> None:
         )
     if self.world > 1:
         dist.barrier()
+
+
+def capabilities(cfg: Any) -> dict[str, bool]:
+    """What the run taught the model, read by the 3D engine (not the model's name):
+    ``clicks`` (corrective clicks with the previous logits as mask prompt), ``propagation``
+    (boxes from a neighbouring slice, empty answers past the object's ends), ``point_start``."""
+    return {
+        "clicks": cfg.sim.num_clicks > 0,
+        "propagation": float(getattr(cfg.data, "propagate_prob", 0.0)) > 0,
+        "point_start": cfg.sim.point_prob > 0,
+    }
 
 
 def fit(self: Any) -> dict[str, Any]:

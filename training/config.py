@@ -37,6 +37,15 @@ class DataConfig:
             (evenly spaced, away from the end caps; 0 = all). Bounds the embedding cache of
             decoder-only runs. Validation always draws from all slices.
         val_fraction / split_seed: patient-level split (written to ``split.json``).
+        propagate_prob: probability that a training sample is a propagation step of the 3D
+            engine (``training/propagation.py``): the box around the object on a neighbouring
+            slice (``propagate_max_gap`` slices away at most; just past the object's end with
+            ``propagate_past_end_prob``, where the answer is empty), its mask jittered by up to
+            ``propagate_jitter`` px and grown by a margin drawn from ``propagate_margin``
+            (model-input px), as the first prompt. Needs cached embeddings or no augmentation.
+        split_file: a fixed split (``{"train": [case], "val": [case]}``, e.g.
+            ``training/splits/dev_v1.json``) used instead of ``val_fraction``/``split_seed``;
+            a relative path is taken from the working directory.
         val_slices_per_case: validation slices per case and label (evenly spaced).
         cache: ``memory`` (MONAI CacheDataset), ``disk`` (PersistentDataset) or ``none``.
         cache_dir: PersistentDataset folder (default ``<run_dir>/cache``).
@@ -61,6 +70,12 @@ class DataConfig:
     max_slices_per_case: int = 0
     val_fraction: float = 0.2
     split_seed: int = 0
+    split_file: str | None = None
+    propagate_prob: float = 0.0
+    propagate_max_gap: int = 1
+    propagate_past_end_prob: float = 0.15
+    propagate_margin: list[float] = field(default_factory=lambda: [2.0, 8.0])
+    propagate_jitter: int = 3
     val_slices_per_case: int = 8
     cache: str = "memory"
     cache_dir: str | None = None
@@ -101,6 +116,9 @@ class ModelConfig:
         layer_decay: layer-wise LR decay of the image encoder in ``full`` mode (1.0 = off).
         freeze_bn: keep BatchNorm layers (TinyViT) in eval mode while fine-tuning.
         cache_embeddings: in ``decoder`` mode, compute each slice's embedding once and keep it.
+        embedding_cache_dir: also keep them on disk there (float16; keep it outside the
+            repository), keyed by the encoder weights, preset and data, so a resumed or
+            repeated run skips the encoder.
         compile: ``torch.compile`` the encoder and decoder in place.
         text_encoder: train text prompts from label names with this text encoder
             (``minilm``, or a CLIP text-tower file); ``null``: no text.
@@ -112,6 +130,7 @@ class ModelConfig:
     layer_decay: float = 1.0
     freeze_bn: bool = True
     cache_embeddings: bool = True
+    embedding_cache_dir: str | None = None
     compile: bool = False
     text_encoder: str | None = None
 

@@ -7,9 +7,13 @@ forward runs the image encoder once (or takes cached embeddings) and the 11 deco
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
+import os
 import re
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +23,8 @@ from torch import nn
 from .losses import SamLoss
 from .passgrad import PassGradients
 from .simulate import simulate_eval, simulate_train
+
+logger = logging.getLogger(__name__)
 
 
 class InteractiveStep(nn.Module):
@@ -47,6 +53,7 @@ class InteractiveStep(nn.Module):
         embeddings: torch.Tensor | None = None,
         grad_scale: float = 1.0,
         text: torch.Tensor | None = None,
+        prompt_box: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of a batch.
 
@@ -58,6 +65,7 @@ class InteractiveStep(nn.Module):
             embeddings: ``(B, C, h, w)`` precomputed embeddings (decoder-only training).
             grad_scale: the GradScaler's current scale (fp16 AMP), for per-pass backward.
             text: ``(B, D)`` label-name embeddings for text first prompts (``sim.text_prob``).
+            prompt_box: ``(B, 4)`` given first-prompt boxes (propagation samples; NaN: none).
         """
         if embeddings is None:
             embeddings = self.model.image_encoder(images)
@@ -67,7 +75,17 @@ class InteractiveStep(nn.Module):
             params = [*pe.parameters(), *dec.parameters()]
             grads = PassGradients(embeddings, params, grad_scale)
         return simulate_train(
-            self.model, embeddings, masks, self.loss, self.sim, self.seed, step, uids, grads, text
+            self.model,
+            embeddings,
+            masks,
+            self.loss,
+            self.sim,
+            self.seed,
+            step,
+            uids,
+            grads,
+            text,
+            prompt_box,
         )
 
 
@@ -163,16 +181,52 @@ def build_optimizer(
 
 
 class EmbeddingStore:
-    """In-memory cache of frozen-encoder embeddings keyed by image identity (``case|slice``).
+    """Cache of frozen-encoder embeddings keyed by image identity (``case|slice``).
 
-    Stored as float16 on the CPU (a LiteMedSAM slice is 2 MB) up to ``max_items``.
+    Stored as float16 on the CPU (a LiteMedSAM slice is 2 MB) up to ``max_items`` in memory,
+    and, with a ``directory``, also on disk (one float16 ``.pt`` file per slice, named by a hash
+    of ``namespace`` and the key) so that a resumed or repeated run skips the encoder. The
+    namespace must change whenever the embedding would (encoder weights, intensity preset,
+    data): see :func:`encoder_fingerprint`. A corrupt file is recomputed.
     """
 
-    def __init__(self, max_items: int = 4096) -> None:
+    def __init__(
+        self, max_items: int = 4096, directory: str | None = None, namespace: str = ""
+    ) -> None:
         self.max_items = max_items
         self.items: dict[str, torch.Tensor] = {}
         self.hits = 0
         self.misses = 0
+        self.directory = Path(directory) if directory else None
+        self.namespace = namespace
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _file(self, key: str) -> Path | None:
+        if self.directory is None:
+            return None
+        digest = hashlib.sha256(f"{self.namespace}|{key}".encode()).hexdigest()[:32]
+        return self.directory / f"{digest}.pt"
+
+    def _from_disk(self, key: str) -> torch.Tensor | None:
+        path = self._file(key)
+        if path is None or not path.exists():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable entry is recomputed
+            logger.warning("embedding cache entry %s unreadable (%s); recomputing", path, err)
+            return None
+
+    def _keep(self, key: str, emb: torch.Tensor) -> None:
+        half = emb.to("cpu", torch.float16)
+        if len(self.items) < self.max_items:
+            self.items[key] = half
+        path = self._file(key)
+        if path is not None:  # absent or unreadable: (re)write it
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            torch.save(half.clone(), tmp)
+            os.replace(tmp, path)
 
     @torch.no_grad()
     def embed(
@@ -183,22 +237,40 @@ class EmbeddingStore:
         Fresh embeddings are rounded through float16 too, so a run gives the same numbers
         whether an embedding came from the cache or not (resume stays exact).
         """
+        for k in keys:
+            if k not in self.items and len(self.items) < self.max_items:
+                found = self._from_disk(k)
+                if found is not None:
+                    self.items[k] = found
         todo = [i for i, k in enumerate(keys) if k not in self.items]
         self.hits += len(keys) - len(todo)
         self.misses += len(todo)
         fresh: dict[int, torch.Tensor] = {}
         if todo:
+            was_training = encoder.training
+            encoder.eval()  # frozen: eval mode takes the fused inference path where there is one
             with autocast:
                 new = encoder(images[todo]).float()
+            encoder.train(was_training)
             fresh = {i: e.half().float() for i, e in zip(todo, new, strict=True)}
             for i, e in fresh.items():
-                if len(self.items) < self.max_items:
-                    self.items[keys[i]] = e.to("cpu", torch.float16)
+                self._keep(keys[i], e)
         out = [
             fresh[i] if i in fresh else self.items[k].to(images.device, torch.float32)
             for i, k in enumerate(keys)
         ]
         return torch.stack(out)
+
+
+def encoder_fingerprint(model: nn.Module, *extra: object) -> str:
+    """SHA-256 of the image encoder's weights and ``extra`` (e.g. preset, data path)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.image_encoder.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    for e in extra:
+        h.update(repr(e).encode())
+    return h.hexdigest()
 
 
 @torch.no_grad()

@@ -50,6 +50,8 @@ def error_point(
     """
     error = pred != gt
     if not error.any():
+        if not gt.any():  # an empty answer found: a negative click in the middle says so again
+            return gt.shape[1] // 2, gt.shape[0] // 2, 0
         x, y = uniform_point(gt, rng) if rng is not None else center_point(gt)
         return x, y, 1
     x, y = uniform_point(error, rng) if rng is not None else center_point(error)
@@ -170,6 +172,7 @@ def first_prompts(
     first: str | None = None,
     text: torch.Tensor | None = None,
     text_prob: float = 0.0,
+    given_box: torch.Tensor | None = None,
 ) -> PromptState:
     """Draw each sample's first prompt from its ``(B, 1, S, S)`` ground truth.
 
@@ -180,11 +183,20 @@ def first_prompts(
 
     Args:
         text: ``(B, D)`` embeddings of each sample's label name, or ``None``.
+        given_box: ``(B, 4)`` boxes that are the first prompt as they are (propagation
+            samples, whose ground truth may be empty); rows of NaN draw as above.
     """
     gt = gt_full[:, 0].detach().cpu().numpy() > 0.5
     size = gt.shape[-1]
+    given = None if given_box is None else given_box.detach().cpu().numpy()
     kinds, boxes, points = [], [], []
     for b in range(gt.shape[0]):
+        if given is not None and np.isfinite(given[b]).all():
+            box = given[b].astype(np.float32)
+            kinds.append(BOX)
+            boxes.append(box)
+            points.append(((box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
+            continue
         if not gt[b].any():
             raise ValueError(f"sample {b} of the batch has an empty ground-truth mask")
         if rngs is None:

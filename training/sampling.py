@@ -27,6 +27,7 @@ from napari_sam_med.config import SamConfig
 from napari_sam_med.preprocessing import geometry_for, prepare_image
 
 from .data import AXES, LoadedVolumes
+from .propagation import NO_BOX, jitter_mask, margin_box, pick_pair, prompt_object, target_for
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +88,23 @@ class _VolumeIndex:
             idx = slice_index(labels, self.axis, data_cfg.label_values, max_slices)
             self.index.append(idx)
         self.usable = [i for i, idx in enumerate(self.index) if idx]
+        self._full: list[dict] | None = None
         if not self.usable:
             raise ValueError("no volume has foreground along the chosen axis")
+
+    @property
+    def full_index(self) -> list[dict]:
+        """Like ``index`` but with every slice of each label value (no ``max_slices``)."""
+        if self._full is None:
+            self._full = [
+                slice_index(np.asarray(self.volumes.get(i)["label"])[0], self.axis, list(idx), 0)
+                for i, idx in enumerate(self.index)
+            ]
+        return self._full
+
+    def num_slices(self, i: int) -> int:
+        """Slices of volume ``i`` along the sampling axis."""
+        return int(np.asarray(self.volumes.get(i)["label"]).shape[1 + self.axis])
 
     def arrays(self, i: int, z: int) -> tuple[np.ndarray, np.ndarray]:
         item = self.volumes.get(i)
@@ -140,7 +156,10 @@ class TrainSlices(Dataset):
     """Random 2D objects for training; ``len`` is one sampling epoch.
 
     Items: ``image (3, S, S)``, ``mask (1, S, S)``, ``uid`` (global sample id), ``key``
-    (``"case|slice"``: the image identity, used by the embedding cache when not augmented).
+    (``"case|slice"``: the image identity, used by the embedding cache when not augmented),
+    ``label`` and ``prompt_box (4,)``: the first prompt of a propagation sample (see
+    :mod:`training.propagation`, probability ``data.propagate_prob``; its mask may be empty),
+    NaN for the usual simulated first prompt.
     """
 
     def __init__(
@@ -187,6 +206,8 @@ class TrainSlices(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         uid = self.epoch * len(self) + int(i)
         rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        if getattr(self.cfg, "propagate_prob", 0.0) > 0 and rng.random() < self.cfg.propagate_prob:
+            return self._propagation_item(rng, uid)
         for _attempt in range(20):
             vol, z, value = self._draw(rng)
             img, lab = self.vi.arrays(vol, z)
@@ -206,11 +227,46 @@ class TrainSlices(Dataset):
                     "uid": uid,
                     "key": f"{case}|{z}",
                     "label": int(value),
+                    "prompt_box": torch.tensor(NO_BOX, dtype=torch.float32),
                 }
         raise ValueError(
             f"no object of at least {self.cfg.min_object_area} px found in 20 draws; "
             "lower data.min_object_area"
         )
+
+
+    def _propagation_item(self, rng: np.random.Generator, uid: int) -> dict[str, Any]:
+        """A sample shaped like one propagation step of the 3D engine (no augmentation)."""
+        vol = self.vi.usable[int(rng.integers(len(self.vi.usable)))]
+        values = sorted(self.vi.full_index[vol])
+        value = values[int(rng.integers(len(values)))]
+        slices = self.vi.full_index[vol][value]
+        zp, z = pick_pair(
+            self.vi.index[vol][value],
+            slices,
+            self.vi.num_slices(vol),
+            rng,
+            self.cfg.propagate_max_gap,
+            self.cfg.propagate_past_end_prob,
+        )
+        _, lab_p = self.vi.arrays(vol, zp)
+        img, lab = self.vi.arrays(vol, z)
+        cfg = self.model_config
+        prompt = to_model_input(img, prompt_object(lab_p, value, rng), cfg)[1][0].numpy() > 0.5
+        seen = jitter_mask(prompt, rng, int(self.cfg.propagate_jitter))
+        lo, hi = self.cfg.propagate_margin
+        box = margin_box(seen if seen.any() else prompt, float(rng.uniform(lo, hi)), seen.shape)
+        image, full = to_model_input(img, lab == value, cfg)
+        target = target_for(full[0].numpy() > 0.5, 1, prompt, box)
+        case = self.vi.volumes.cases[vol].case
+        return {
+            "image": image,
+            "mask": torch.from_numpy(target.astype(np.float32))[None],
+            "uid": uid,
+            "key": f"{case}|{z}",
+            "label": int(value),
+            "prompt_box": torch.tensor(box, dtype=torch.float32),
+        }
 
 
 class ValSlices(Dataset):

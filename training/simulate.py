@@ -187,6 +187,7 @@ def simulate_train(
     uids: torch.Tensor | list[int],
     grads: PassGradients | None = None,
     text: torch.Tensor | None = None,
+    prompt_box: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Run the full interactive recipe on one batch and return the mean loss.
 
@@ -203,6 +204,7 @@ def simulate_train(
             loss then carries the summed gradients through a zero-valued surrogate term, so
             ``loss.backward()`` gives the same gradients with one pass's graph alive at a time.
         text: ``(B, D)`` embeddings of each sample's label name (text first prompts), or None.
+        prompt_box: ``(B, 4)`` first-prompt boxes of propagation samples (NaN rows: drawn).
 
     Returns:
         ``(loss, stats)``: the loss averaged over samples and iterations (a scalar with grad),
@@ -221,6 +223,7 @@ def simulate_train(
         sim.box_noise_max,
         text=text,
         text_prob=getattr(sim, "text_prob", 0.0),
+        given_box=prompt_box,
     )
     each = grads is not None and grads.enabled
     emb = grads.leaf if each else embeddings

@@ -37,10 +37,16 @@ from .checkpoint import (
 )
 from .config import TrainConfig, load_config, normalise_flags, save_config
 from .data import load_volumes
-from .engine import EmbeddingStore, InteractiveStep, build_optimizer, set_trainable
+from .engine import (
+    EmbeddingStore,
+    InteractiveStep,
+    build_optimizer,
+    encoder_fingerprint,
+    set_trainable,
+)
 from .losses import build_loss
 from .sampling import TrainSlices, ValSlices
-from .splits import apply_split, split_by_patient, write_split
+from .splits import apply_split, read_split, split_by_patient, write_split
 from .textprompt import build_text_table
 
 logger = logging.getLogger("training")
@@ -85,10 +91,12 @@ def micro_batches(
     if per_epoch == 0:
         raise ValueError(f"data.samples_per_epoch={n} < batch_size*world={batch * world}")
     j = start
+    perm_epoch, perm = -1, []
     while True:
         epoch, k = divmod(j, per_epoch)
-        g = torch.Generator().manual_seed(int(seed) * 100_003 + epoch)
-        perm = torch.randperm(n, generator=g).tolist()
+        if epoch != perm_epoch:  # one permutation per epoch (not per micro-batch)
+            g = torch.Generator().manual_seed(int(seed) * 100_003 + epoch)
+            perm_epoch, perm = epoch, torch.randperm(n, generator=g).tolist()
         chunk = perm[k * batch * world : (k + 1) * batch * world]
         yield epoch, chunk[rank::world]
         j += 1
@@ -110,7 +118,10 @@ def prepare_data(cfg: TrainConfig, model_config: Any, rank: int) -> tuple[Any, A
     """Cases -> patient split (written on rank 0) -> cached volumes -> train/val datasets."""
     run_dir = Path(cfg.run.run_dir)
     cases = find_cases(cfg.data)
-    split = split_by_patient(cases, cfg.data.val_fraction, cfg.data.split_seed)
+    if cfg.data.split_file:
+        split = read_split(cfg.data.split_file)
+    else:
+        split = split_by_patient(cases, cfg.data.val_fraction, cfg.data.split_seed)
     train_cases, val_cases = apply_split(cases, split)
     cache_dir = cfg.data.cache_dir or str(run_dir / "cache")
     train_vol = load_volumes(train_cases, cfg.data, cache_dir)
@@ -168,7 +179,14 @@ class Trainer:
         self.scaler = (
             torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
         )
-        self.store = EmbeddingStore() if _uses_cache(cfg) else None
+        self.store = None
+        if _uses_cache(cfg):
+            d = cfg.data
+            space = encoder_fingerprint(self.model, d.intensity, d.path, d.spacing, d.axis)
+            self.store = EmbeddingStore(directory=cfg.model.embedding_cache_dir, namespace=space)
+            fuse = getattr(self.model.image_encoder, "fuse_for_inference", None)
+            if callable(fuse):  # the frozen encoder only embeds: use its fast eval path
+                fuse()
         self.step, self.best, self.history = 0, -1.0, []
         self.writer = None
 
@@ -222,6 +240,7 @@ class Trainer:
                     embeddings=emb,
                     grad_scale=self.scaler.get_scale() if self.scaler else 1.0,
                     text=text,
+                    prompt_box=batch.get("prompt_box"),
                 )
             scaled = loss / self.cfg.optim.accumulation
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()

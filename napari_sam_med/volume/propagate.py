@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..capabilities import model_capabilities
 from .objects import ObjectSegmentation
 from .slices import SlicePrediction, SliceSegmenter
 
@@ -47,7 +48,11 @@ class PropagationSettings:
 
     Attributes:
         box_margin: pixels (on the model-input grid) added around the previous mask's box.
-        use_mask_prompt: feed the previous slice's low-res logits as the mask prompt.
+        use_mask_prompt: feed the previous slice's low-res logits as the mask prompt while
+            propagating.
+        correction_mask_prompt: a correction passes the slice's own previous logits as the
+            mask prompt: ``None`` follows the model's capabilities (models trained with the
+            click simulation of ``training/`` saw exactly that), or force it on/off.
         min_area: a mask with fewer pixels counts as empty.
         min_iou / min_stability: stop below these (modes without a z-range).
         max_area_growth: stop when the area grows by more than this factor in one slice.
@@ -60,9 +65,10 @@ class PropagationSettings:
         click_mode: how clicks that come with a box reach the model: ``"points"`` as point
             prompts; ``"box"`` as edits of the box (a positive click outside grows it to take
             the click in, a negative click inside moves the nearest edge past it); ``"auto"``
-            uses box edits for models trained on boxes only (LiteMedSAM as published, whose
-            point answers are weak) and points otherwise, including LiteMedSAM checkpoints
-            fine-tuned with the click simulation of ``training/`` (their metadata says so).
+            follows the model's recorded capabilities
+            (:func:`napari_sam_med.capabilities.model_capabilities`): box edits for weights
+            trained on boxes only (LiteMedSAM as published, whose point answers are weak),
+            points otherwise.
         change_tol: a correction stops re-propagating where Dice(new, old) >= this.
         anisotropy_margin: the box margin is at least this times the ratio of the slice
             gap to the in-plane pixel size (needs the segmenter's ``spacing``).
@@ -70,6 +76,7 @@ class PropagationSettings:
 
     box_margin: float = 3.0
     use_mask_prompt: bool = False
+    correction_mask_prompt: bool | None = None
     min_area: int = 4
     min_iou: float = 0.5
     min_stability: float = 0.5
@@ -219,7 +226,7 @@ class Propagator:
         prev = obj.slices.get(z)
         mask_in = (
             prev.logits[None]
-            if (correction and prev is not None and self.settings.use_mask_prompt)
+            if (correction and prev is not None and self._correction_mask_prompt())
             else None
         )
         text = p.get("text")
@@ -246,9 +253,14 @@ class Propagator:
         if mode not in ("auto", "points", "box"):
             raise ValueError(f"click_mode={mode!r}; expected 'auto', 'points' or 'box'")
         if mode == "auto":
-            box_only = str(getattr(self.seg.config, "name", "")).startswith("lite_medsam")
-            return box_only and not trained_with_clicks(self.seg.model)
+            return not model_capabilities(self.seg.model).clicks
         return mode == "box"
+
+    def _correction_mask_prompt(self) -> bool:
+        forced = self.settings.correction_mask_prompt
+        if forced is not None:
+            return bool(forced)
+        return self.settings.use_mask_prompt or model_capabilities(self.seg.model).mask_prompt
 
     def margin(self) -> float:
         """Pixels added around the previous mask's box: ``box_margin`` on the model grid, or
@@ -376,14 +388,10 @@ def run(job: Iterator[Progress]) -> list[Progress]:
 
 
 def trained_with_clicks(model: object) -> bool:
-    """Whether ``model``'s checkpoint was fine-tuned with corrective clicks by ``training/``.
-
-    Its metadata carries ``training`` (written by ``training/``); ``training.click_trained``
-    is False only for runs without clicks (``sim.num_clicks: 0``).
-    """
+    """Whether ``model``'s checkpoint was fine-tuned with corrective clicks by ``training/``
+    (its metadata says so; see :mod:`napari_sam_med.capabilities`)."""
     meta = getattr(model, "checkpoint_metadata", None) or {}
-    training = meta.get("training")
-    return isinstance(training, dict) and bool(training.get("click_trained", True))
+    return isinstance(meta.get("training"), dict) and model_capabilities(model).clicks
 
 
 def _edit_box(box: np.ndarray, points: np.ndarray, labels: np.ndarray, margin: float) -> np.ndarray:

@@ -276,3 +276,41 @@ def test_auto_click_mode_follows_click_training(tiny_model):
     assert prop._clicks_edit_box()
     prop.settings = PropagationSettings(click_mode="points")
     assert not prop._clicks_edit_box()
+
+
+def test_corrections_follow_the_recorded_capabilities(tiny_model, monkeypatch):
+    """A checkpoint trained with the 3D-loop simulation gets real points and its previous
+    logits as the mask prompt; LiteMedSAM as published gets box edits and no mask prompt."""
+    import copy
+    from dataclasses import replace
+
+    from napari_sam_med.capabilities import model_capabilities
+
+    model = copy.deepcopy(tiny_model)
+    model.config = replace(model.config, name="lite_medsam")
+    vol, _blob = blob_volume()
+    seg = SliceSegmenter(model, vol, "minmax")
+    calls = []
+    real = seg.predict
+
+    def spy(z, **kw):
+        calls.append(kw)
+        return real(z, **kw)
+
+    monkeypatch.setattr(seg, "predict", spy)
+    for meta, points, mask_prompt in (
+        ({}, False, False),
+        ({"training": {"capabilities": {"clicks": True, "propagation": True}}}, True, True),
+        ({"training": {"click_trained": True}}, True, False),
+    ):
+        model.checkpoint_metadata = meta
+        obj = ObjectSegmentation(1)
+        prop = Propagator(seg)
+        run(prop.box3d(obj, [34, 14, 2, 66, 34, 6]))
+        calls.clear()
+        run(prop.correct(obj, 4, points=np.array([[50.0, 24.0]]), labels=np.array([0])))
+        first = calls[0]
+        assert (first["points"] is not None) == points, meta
+        assert (first["mask_input"] is not None) == mask_prompt, meta
+    caps = model_capabilities(model)
+    assert caps.clicks and not caps.propagation

@@ -1,0 +1,58 @@
+"""What a model was trained to answer, read from its checkpoint, never guessed from its name.
+
+The 3D engine and the plugin ask :func:`model_capabilities` how to talk to a model:
+
+* ``clicks``: corrective point prompts help. If False (LiteMedSAM and MedSAM as published,
+  trained on boxes only), clicks that come with a box are turned into edits of the box.
+* ``mask_prompt``: corrections may pass the slice's previous logits as the mask prompt, as the
+  model saw in training (every pass after the first in ``training/``'s click simulation).
+* ``propagation``: trained on the engine's own propagation step (box from the neighbouring
+  slice's mask, empty answers past the object's ends).
+* ``point_start``: trained to answer a single positive click without a box.
+
+Where they come from, in order: ``checkpoint_metadata["training"]["capabilities"]`` (written
+by ``training/`` since the 3D-loop simulation), or the shipped model's own metadata; older
+fine-tunes of ``training/`` that only record ``click_trained``, which keep the behaviour they
+had (points, no mask prompt); else the published weights' known training (:data:`PUBLISHED`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """See the module docstring."""
+
+    clicks: bool = True
+    mask_prompt: bool = False
+    propagation: bool = False
+    point_start: bool = True
+
+
+# How the published weights were trained (no metadata travels with them).
+PUBLISHED: dict[str, Capabilities] = {
+    "lite_medsam": Capabilities(clicks=False, point_start=False),
+    "medsam_vit_b": Capabilities(clicks=False, point_start=False),
+}
+
+
+def model_capabilities(model: Any) -> Capabilities:
+    """The :class:`Capabilities` of a model built by ``build_sam``."""
+    meta = getattr(model, "checkpoint_metadata", None) or {}
+    training = meta.get("training")
+    if isinstance(training, dict):
+        caps = training.get("capabilities")
+        if isinstance(caps, dict):
+            clicks = bool(caps.get("clicks", True))
+            return Capabilities(
+                clicks=clicks,
+                mask_prompt=clicks,
+                propagation=bool(caps.get("propagation", False)),
+                point_start=bool(caps.get("point_start", True)),
+            )
+        return Capabilities(clicks=bool(training.get("click_trained", True)))
+    name = str(getattr(getattr(model, "config", None), "name", ""))
+    return PUBLISHED.get(name, Capabilities())
