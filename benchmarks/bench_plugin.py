@@ -170,6 +170,38 @@ def instrument(widget, clock: StageClock) -> None:
     _session.Session.set_prompt = timed_set_prompt
 
 
+def use_timer_path(widget) -> list[bool]:
+    """Route point events through a switch: ``flag[0]`` True sends a click through the previous
+    path (the zero-delay timer, which runs after napari's repaint), False through the widget's
+    own handler. Returns the flag."""
+    flag = [False]
+    handler = widget._on_prompt_layer_event
+    layer = widget.points_layer
+
+    def route(event=None):
+        if flag[0] and not widget._syncing:
+            if not str(getattr(event, "action", "changed")).endswith("ing"):
+                widget._sync_timer.start()
+            return
+        handler(event)
+
+    layer.events.data.disconnect(handler)
+    layer.events.data.connect(route)
+    return flag
+
+
+def _timer_comparison(timer: list[float], new: list[float]) -> dict:
+    if not timer:
+        return {}
+    return {
+        "previous_timer_path_click_ms_median": round(statistics.median(timer), 1),
+        "previous_timer_path_click_ms_max": round(max(timer), 1),
+        "click_ratio_new_vs_previous_path": round(
+            statistics.median(new) / statistics.median(timer), 2
+        ),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="lite_medsam")
@@ -177,6 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--screenshot", type=Path, default=None)
     parser.add_argument("--click-rounds", type=int, default=3, help="rounds of the 4 clicks")
     parser.add_argument("--skip-stall", action="store_true", help="only the click latency")
+    parser.add_argument("--compare-timer", action="store_true",
+                        help="alternate clicks with the previous (timer) click path")  # fmt: skip
     parser.add_argument(
         "--warm-cache",
         type=Path,
@@ -230,16 +264,24 @@ def main(argv: list[str] | None = None) -> dict:
     latencies, complete = [], []
     clock = StageClock()
     instrument(widget, clock)
+    old_path = use_timer_path(widget)  # old_path[0] True: the previous (timer) click path
     clicks = LESION["clicks"] * args.click_rounds
-    for x, y in clicks:
+    timer_latencies = []
+    for i, (x, y) in enumerate(clicks * 2 if args.compare_timer else clicks):
+        old_path[0] = bool(args.compare_timer and i % 2)
         before = widget.session.last_preview
         _layers.set_point_label(widget.points_layer, True)
         t0 = time.perf_counter()
         widget.points_layer.add(np.array([z, y, x], float))
         clock.mark("added")
         run_until(lambda b=before: widget.session.last_preview is not b, poll_ms=1)
-        latencies.append((time.perf_counter() - t0) * 1000)  # the preview layer is updated
+        ms = (time.perf_counter() - t0) * 1000  # the preview layer is updated
         run_until(lambda: not widget.busy(), poll_ms=1)
+        if old_path[0]:
+            timer_latencies.append(ms)
+            clock.marks = {}
+            continue
+        latencies.append(ms)
         complete.append((time.perf_counter() - t0) * 1000)  # and the candidates decoded
         clock.close_click(t0)
     prompt = widget.session.obj().prompts[z]
@@ -268,6 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
         "click_to_all_candidates_ms_median": round(statistics.median(complete), 1),
         "direct_preview_ms_median": round(statistics.median(direct), 1),
         "click_stages_ms_median": clock.medians_ms() or {"missing marks": clock.missing},
+        **_timer_comparison(timer_latencies, latencies),
         "clicks": len(latencies),
         "click_latency_ratio_vs_direct": round(
             statistics.median(latencies) / statistics.median(direct), 2
