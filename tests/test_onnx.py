@@ -162,9 +162,9 @@ def test_cli_export_onnx_and_bad_checkpoint(tmp_path: Path, capsys) -> None:
 def test_lite_medsam_export_on_real_slices(lite_medsam, tmp_path: Path, shared_data_or_none):
     from napari_sam_med.preprocessing import apply_intensity
     from napari_sam_med.volume.io import read_volume
+    from tests.conftest import SAMPLE_DATA
 
-    REPO = Path(__file__).resolve().parents[1]
-    vol = read_volume(REPO / "sample_data" / "ct_phantom.nii.gz")
+    vol = read_volume(SAMPLE_DATA / "ct_phantom.nii.gz")
     out = export_onnx(lite_medsam, tmp_path / "lite", validate=False)
     slices = [apply_intensity(vol.array, "ct_soft_tissue")[22]]
     if shared_data_or_none is not None:
@@ -189,6 +189,7 @@ def _shared_slices(root: Path) -> list[np.ndarray]:
 
 @pytest.fixture
 def shared_data_or_none():
-    from conftest import SHARED_DATA
+    """``../shared/data`` when present (the phantom slice is checked either way)."""
+    from tests.conftest import SHARED_DATA
 
     return SHARED_DATA if SHARED_DATA.is_dir() else None
