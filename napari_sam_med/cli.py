@@ -52,9 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (sub-commands segment, precompute, auto, info, evaluate, export)."""
-    p = argparse.ArgumentParser(prog="sam-med", description="Segment Anything for CT/MRI tumours.")
     from .cli_onnx import add_export_onnx, add_speed_args
+    from .cli_pacs import add_output_args, add_pacs_command
 
+    p = argparse.ArgumentParser(prog="sam-med", description="Segment Anything for CT/MRI tumours.")
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="skip cases whose output is complete")
     s.add_argument("--summary", type=Path, help="also write the summary as JSON here")
     s.add_argument("--dist-timeout-hours", type=float, default=48.0, help=argparse.SUPPRESS)
+    add_output_args(s)  # --format seg|rtstruct, --overwrite (cli_pacs)
     s.set_defaults(func=cmd_segment)
 
     pc = sub.add_parser("precompute", parents=[model, cache], help="fill the embedding cache")
@@ -120,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(sub, common, model)
     add_export_onnx(sub, common)
+    add_pacs_command(sub, common, s, cmd_segment)
     return p
 
 
@@ -135,7 +138,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if world > 1:
         _init_dist(args.dist_timeout_hours)
     mine = cases[rank::world]
-    kwargs = dict(preset=args.preset, cache=_cache(args), qc_dir=args.qc, resume=args.resume)
+    kwargs = dict(preset=args.preset, cache=_cache(args), qc_dir=args.qc, resume=args.resume,
+                  overwrite=getattr(args, "overwrite", False))  # fmt: skip
     results = _run_with_progress(mine, model, args, kwargs, quiet=rank != 0)
     for r in results:
         r.worker = f"rank {rank}/{world}" if world > 1 else ""
@@ -205,6 +209,7 @@ def _cases_from_args(args: argparse.Namespace) -> list:
         case["output"] = str(Path(args.output).resolve())  # -o is relative to the cwd
     if args.modality:
         case["modality"] = args.modality
+    case.update({"format": args.format} if getattr(args, "format", None) else {})
     data = {"space": args.space, "cases": [case]}
     return parse_manifest(data, "command line", Path.cwd(), args.out_dir)
 

@@ -40,3 +40,17 @@ def tiny_model():
 
     torch.manual_seed(0)
     return build_sam("tiny", device="cpu")
+
+
+@pytest.fixture()
+def orthanc(tmp_path_factory):
+    """A real, empty Orthanc PACS with DICOMweb on a free loopback port, one per test (tests
+    reuse the same synthetic UIDs); skips when Orthanc is not installed."""
+    from orthanc_server import orthanc_missing, start_orthanc
+
+    why = orthanc_missing()
+    if why:
+        pytest.skip(why)
+    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    yield server
+    server.stop()

@@ -35,7 +35,7 @@ def geometry_kwargs(volume: Any) -> dict[str, Any]:
         "path": str(volume.path) if volume.path is not None else None,
     }
     meta = {GEOMETRY_KEY: geometry}
-    for key in ("modality", "format"):
+    for key in ("modality", "format", "series_instance_uid"):
         if key in volume.metadata:
             meta[key] = volume.metadata[key]
     return {

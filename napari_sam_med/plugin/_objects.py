@@ -22,6 +22,7 @@ LABEL_EVENTS = {
     "restore",
     "paint",
     "accept proposal",
+    "import labels",
 }
 
 
@@ -43,6 +44,7 @@ class ObjectsMixin:
         self.replay_btn.clicked.connect(lambda: self.replay())
         self.restore_btn.clicked.connect(lambda: self.restore_autosave())
         self.discard_btn.clicked.connect(lambda: self.restore_box.setVisible(False))
+        self.import_btn.clicked.connect(lambda: self.import_labels_layer())
 
     def _guard(self, what: str, fn: Any, *args: Any) -> Any:
         """Run a session change; a ValueError/KeyError becomes a message, not a crash."""
@@ -90,6 +92,18 @@ class ObjectsMixin:
         if col.isValid():
             self._guard("colour", self.session.set_color, self.session.current, col.getRgbF())
 
+    def import_labels_layer(self, layer: Any = None) -> list[int] | None:
+        """Take a Labels layer (the selected one by default, e.g. an opened DICOM SEG) into
+        the session as committed objects to refine; names and colours come along."""
+        from ._dicom import OBJECTS_KEY, import_labels
+
+        layer = layer or self.viewer.layers.selection.active
+        if layer is None or layer is self.labels_layer or not hasattr(layer, "selected_label"):
+            self.notify("Select the Labels layer to refine first.", error=True)
+            return None
+        objects = layer.metadata.get(OBJECTS_KEY)
+        return self._guard("import labels", import_labels, self.session, layer.data, objects)
+
     def select_object(self, label: int) -> None:
         """Make ``label`` current and show its prompts and mask."""
         self.session.select(label)
@@ -136,6 +150,9 @@ class ObjectsMixin:
             self._autosave()
 
     def _refresh_labels(self) -> None:
+        from ._dicom import OBJECTS_KEY, layer_objects
+
+        self.labels_layer.metadata[OBJECTS_KEY] = layer_objects(self.session)  # names for SEG
         colors = {o.label: o.color for o in self.session.objects}
         if colors != getattr(self, "_label_colors", None):  # a new colormap is costly
             self.labels_layer.colormap = _layers.label_colormap(colors)

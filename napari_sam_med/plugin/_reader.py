@@ -56,6 +56,13 @@ def read_layers(path: str | list[str]) -> list[tuple[Any, dict[str, Any], str]]:
 
     if isinstance(path, list):
         path = path[0]
+    if str(path).lower().endswith(".dcm"):
+        from ..volume.dicom_seg_read import is_seg_file
+
+        if is_seg_file(path):
+            from ._dicom import read_seg_layers
+
+            return read_seg_layers(str(path))
     vol = read_volume(path)
     kwargs = geometry_kwargs(vol)
     stem = Path(os.fspath(path)).name.lower()

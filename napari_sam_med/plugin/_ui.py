@@ -186,6 +186,8 @@ def build(w: Any, presets: list[str]) -> None:
     w.new_btn = QPushButton("New object (N)")
     w.commit_btn = QPushButton("Commit (K)")
     w.delete_btn = QPushButton("Delete")
+    w.import_btn = QPushButton("Refine labels layer")
+    w.import_btn.setToolTip("Take the selected Labels layer (e.g. a DICOM SEG) in as objects")
     w.relabel_spin = QSpinBox()
     w.relabel_spin.setRange(1, 65535)
     w.relabel_btn = QPushButton("Relabel")
@@ -194,7 +196,7 @@ def build(w: Any, presets: list[str]) -> None:
     w.rename_btn = QPushButton("Rename")
     w.color_btn = QPushButton("Colour...")
     lay.addWidget(w.objects_table)
-    lay.addWidget(_row(w.new_btn, w.commit_btn, w.delete_btn))
+    lay.addWidget(_row(w.new_btn, w.commit_btn, w.delete_btn, w.import_btn))
     lay.addWidget(_row(w.relabel_spin, w.relabel_btn, w.name_edit, w.rename_btn, w.color_btn))
     root.addWidget(objs)
 

@@ -21,6 +21,7 @@ from .geometry import Volume, VolumeError, volume_from_sitk, world_to_index
 logger = logging.getLogger(__name__)
 
 DICOM_INSTALL_HINT = "pip install 'napari-sam-med[dicom]'"
+DERIVED_MODALITIES = ("SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "KO", "PR")
 
 # DICOM tags read from the first file of a series into Volume.metadata (no patient identity).
 _TAGS = {
@@ -85,6 +86,8 @@ def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeriesInfo]:
             logger.info("%s: series %s is not an image series, skipped", folder, uid)
             continue
         description, modality = meta.get("series_description", ""), meta.get("modality", "")
+        if modality in DERIVED_MODALITIES:  # a SEG/RTSTRUCT beside its series is no image
+            continue
         found.append(DicomSeriesInfo(uid, description, modality, files))
     return found
 

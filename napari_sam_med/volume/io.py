@@ -2,7 +2,8 @@
 
 Formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.mha``,
 ``.mhd``) through SimpleITK, and DICOM series (a folder, or one ``.dcm`` file of the series).
-RTSTRUCT contours are rasterised by :func:`read_rtstruct` (needs pydicom).
+RTSTRUCT contours are rasterised by :func:`read_rtstruct` and DICOM SEG objects read back by
+:func:`read_seg` (both need pydicom; writers in ``dicom_seg`` / ``rtstruct_out``).
 
 Conventions (see :mod:`napari_sam_med.volume.geometry`): arrays are ``(z, y, x)``, voxel
 indices and spacing are ``(x, y, z)`` as ITK orders them, world coordinates are LPS mm.
@@ -23,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .dicom import list_dicom_series, read_dicom_series, read_rtstruct
+from .dicom_seg_read import read_seg
 from .geometry import (
     Volume,
     VolumeError,
@@ -46,6 +48,7 @@ __all__ = [
     "index_to_world",
     "list_dicom_series",
     "read_rtstruct",
+    "read_seg",
     "read_volume",
     "volume_from_sitk",
     "volume_to_sitk",

@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from .dicom_out import default_output_name, output_problem
 from .geometry import Volume, world_to_index
-from .io import WRITE_SUFFIXES, file_suffix
+from .io import file_suffix
 
 SPACES = ("voxel", "world")
 _TOP_KEYS = {"cases", "space", "version", "description"}
@@ -44,6 +45,7 @@ _CASE_KEYS = {
     "series_uid",
     "component",
     "objects",
+    "format",
 }
 _OBJECT_KEYS = {
     "label", "name", "space", "box3d", "box", "slice", "points", "point_labels", "text",
@@ -104,6 +106,7 @@ class CaseSpec:
         series_uid / component: pick a DICOM series or a volume of a 4D file.
         objects: the prompts, in label-map priority order.
         source: the manifest path, or ``"command line"``.
+        format: ``"seg"``/``"rtstruct"`` (DICOM, see :mod:`.dicom_out`) or None (by suffix).
     """
 
     index: int
@@ -116,6 +119,7 @@ class CaseSpec:
     series_uid: str | None = None
     component: int | None = None
     source: str = "command line"
+    format: str | None = None
 
 
 @dataclass
@@ -197,11 +201,11 @@ def _parse_case(
     if "output" in case:
         output = _path(case["output"], source, f"{where}.output", out_base)
     elif out_dir is not None:
-        output = out_base / f"{file_stem(image)}_seg.nii.gz"
+        output = out_base / default_output_name(file_stem(image), case.get("format"))
     else:
         _fail(source, f"{where}.output", None, "a label file path (or run with --out-dir)")
-    if file_suffix(output) not in WRITE_SUFFIXES:
-        _fail(source, f"{where}.output", str(output), f"a file ending in {WRITE_SUFFIXES}")
+    if problem := output_problem(case.get("format"), output):
+        _fail(source, f"{where}.{problem[0]}", problem[1], problem[2])
     name = case.get("name", file_stem(output))
     for key in ("name", "modality", "preset", "series_uid"):
         if key in case and not (isinstance(case[key], str) and case[key].strip()):
@@ -224,7 +228,7 @@ def _parse_case(
         _fail(source, f"{where}.objects[].label", dup, "a distinct label per object")
     return CaseSpec(
         i, image, output, str(name), objects, case.get("modality"), case.get("preset"),
-        case.get("series_uid"), comp, source,
+        case.get("series_uid"), comp, source, case.get("format"),
     )  # fmt: skip
 
 

@@ -27,8 +27,9 @@ import numpy as np
 
 from ..preprocessing import guess_preset
 from .cache import EmbeddingCache, model_weights_id
+from .dicom_out import check_case_output, write_case_labels
 from .geometry import Volume
-from .io import read_volume, write_labels
+from .io import read_volume
 from .manifest import CaseSpec, VoxelPrompt, file_stem, object_prompts
 from .objects import ObjectSegmentation, compose_labels
 from .propagate import PropagationSettings, Propagator
@@ -158,6 +159,7 @@ def segment_case(
     qc_dir: str | os.PathLike | None = None,
     resume: bool = False,
     on_progress: ProgressFn | None = None,
+    overwrite: bool = False,
 ) -> CaseResult:
     """Read a case's image, segment its objects, write labels (+ QC) and the marker.
 
@@ -170,6 +172,7 @@ def segment_case(
         qc_dir: write ``<name>_qc.png`` and ``<name>_qc.json`` there.
         resume: return a ``"skipped"`` result when the case is already complete.
         on_progress: per-slice callback.
+        overwrite: replace an existing DICOM SEG/RTSTRUCT output (``case.format``).
 
     Returns:
         The :class:`CaseResult`.
@@ -185,13 +188,14 @@ def segment_case(
         if done is not None:
             return done
     volume = read_volume(case.image, series_uid=case.series_uid, component=case.component)
+    check_case_output(volume, case.format, case.output, overwrite)
     result.preset = resolve_preset(preset or case.preset, case.modality, volume)
     prompts = [object_prompts(o, volume) for o in case.objects]
     labels, objects = segment_volume(
         model, volume, prompts, result.preset, cache, settings, on_progress, case.name
     )
     case.output.parent.mkdir(parents=True, exist_ok=True)
-    write_labels(labels, volume, case.output)
+    write_case_labels(labels, volume, case.output, case.format, objects, model, overwrite)
     _fill_summary(result, labels, objects, volume)
     result.seconds = round(time.perf_counter() - t0, 3)
     if qc_dir is not None:

@@ -16,9 +16,9 @@ npe2 = pytest.importorskip("npe2")
 
 CONTRIBUTIONS = {
     "readers": 1,
-    "writers": 1,
+    "writers": 2,  # labels with geometry; DICOM SEG
     "sample_data": 2,
-    "widgets": 1,
+    "widgets": 2,  # SAM-Med; SAM-Med PACS
 }
 
 
@@ -26,7 +26,7 @@ def _check_manifest(mf) -> None:
     assert mf.name == "napari-sam-med"
     for kind, n in CONTRIBUTIONS.items():
         assert len(getattr(mf.contributions, kind)) == n, kind
-    assert mf.contributions.widgets[0].display_name == "SAM-Med"
+    assert [w.display_name for w in mf.contributions.widgets] == ["SAM-Med", "SAM-Med PACS"]
     assert {s.key for s in mf.contributions.sample_data} == {"ct_phantom", "mr_phantom"}
 
 
