@@ -74,11 +74,143 @@ def tick_gaps(until, interval_ms: int = 10) -> list[float]:
     return list(np.diff(ticks))
 
 
+class StageClock:
+    """Timestamps of the click path's stages, taken by wrapping the functions that run them.
+
+    Stages of one click: ``event`` (layer event -> the prompt sync that starts the worker),
+    ``handoff`` (worker start -> the decode begins in the worker thread), ``decode``
+    (prompt encoder + mask decoder, the predictor's call into the model), ``upsample``
+    (low-res logits -> the slice's size and threshold), ``deliver`` (the first mask leaves the
+    worker -> the GUI callback runs), ``session`` (the session records the prompt and mask) and
+    ``refresh`` (the preview layer and the widget's tables are updated).
+    """
+
+    def __init__(self) -> None:
+        self.marks: dict[str, float] = {}
+        self.rows: list[dict[str, float]] = []
+        self.missing: list[str] = []
+
+    def mark(self, name: str) -> None:
+        self.marks.setdefault(name, time.perf_counter())
+
+    def timed(self, owner: object, attr: str, start: str, end: str) -> None:
+        """Wrap ``owner.attr`` to mark ``start`` before and ``end`` after each call."""
+        fn = getattr(owner, attr)
+
+        def wrapper(*a, **k):
+            self.mark(start)
+            try:
+                return fn(*a, **k)
+            finally:
+                self.mark(end)
+
+        setattr(owner, attr, wrapper)
+
+    def close_click(self, t0: float) -> None:
+        m = self.marks
+        order = ["t0", "added", "color0", "color1", "diff0", "diff1", "sync", "decode0",
+                 "decode1", "up0", "up1", "yield", "done0", "session1", "done1"]  # fmt: skip
+        m["t0"] = t0
+        if all(k in m for k in order):
+            self.rows.append({
+                "layer add": m["added"] - m["t0"], "event": m["color0"] - m["added"],
+                "recolour": m["color1"] - m["color0"],
+                "prompt diff": m["diff1"] - m["diff0"], "handoff": m["decode0"] - m["sync"],
+                "decode": m["decode1"] - m["decode0"], "upsample": m["up1"] - m["up0"],
+                "deliver": m["done0"] - m["yield"], "session": m["session1"] - m["done0"],
+                "refresh": m["done1"] - m["session1"],
+            })  # fmt: skip
+        else:
+            self.missing = sorted(set(order) - set(m))
+        self.marks = {}
+
+    def medians_ms(self) -> dict[str, float]:
+        if not self.rows:
+            return {}
+        keys = self.rows[0]
+        return {k: round(statistics.median(r[k] for r in self.rows) * 1000, 1) for k in keys}
+
+
+def instrument(widget, clock: StageClock) -> None:
+    """Put the clock's marks on the widget's click path (public behaviour unchanged)."""
+    import napari_sam_med.predictor as predictor_mod
+    from napari_sam_med.plugin import _layers, _session
+
+    clock.timed(_layers, "color_points", "color0", "color1")
+    clock.timed(_layers, "prompts_from_layers", "diff0", "diff1")
+    clock.timed(widget, "_run_pending", "sync", "sync_end")
+    engine = widget.engine
+    model = engine.segmenter.model
+    clock.timed(model, "decode", "decode0", "decode1")
+    clock.timed(predictor_mod, "low_res_to_original", "up0", "up1")
+    steps = engine.preview_steps
+
+    def preview_steps(*a, **k):
+        gen = steps(*a, **k)
+        first = next(gen)
+        clock.mark("yield")
+        yield first
+        return (yield from gen)
+
+    engine.preview_steps = preview_steps
+    done = widget._preview_done
+
+    def preview_done(*a, **k):
+        clock.mark("done0")
+        done(*a, **k)
+        clock.mark("done1")
+
+    widget._preview_done = preview_done
+    set_prompt = _session.Session.set_prompt
+
+    def timed_set_prompt(self, *a, **k):
+        set_prompt(self, *a, **k)
+        clock.mark("session1")
+
+    _session.Session.set_prompt = timed_set_prompt
+
+
+def use_timer_path(widget) -> list[bool]:
+    """Route point events through a switch: ``flag[0]`` True sends a click through the previous
+    path (the zero-delay timer, which runs after napari's repaint), False through the widget's
+    own handler. Returns the flag."""
+    flag = [False]
+    handler = widget._on_prompt_layer_event
+    layer = widget.points_layer
+
+    def route(event=None):
+        if flag[0] and not widget._syncing:
+            if not str(getattr(event, "action", "changed")).endswith("ing"):
+                widget._sync_timer.start()
+            return
+        handler(event)
+
+    layer.events.data.disconnect(handler)
+    layer.events.data.connect(route)
+    return flag
+
+
+def _timer_comparison(timer: list[float], new: list[float]) -> dict:
+    if not timer:
+        return {}
+    return {
+        "previous_timer_path_click_ms_median": round(statistics.median(timer), 1),
+        "previous_timer_path_click_ms_max": round(max(timer), 1),
+        "click_ratio_new_vs_previous_path": round(
+            statistics.median(new) / statistics.median(timer), 2
+        ),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="lite_medsam")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--screenshot", type=Path, default=None)
+    parser.add_argument("--click-rounds", type=int, default=3, help="rounds of the 4 clicks")
+    parser.add_argument("--skip-stall", action="store_true", help="only the click latency")
+    parser.add_argument("--compare-timer", action="store_true",
+                        help="alternate clicks with the previous (timer) click path")  # fmt: skip
     parser.add_argument(
         "--warm-cache",
         type=Path,
@@ -111,12 +243,15 @@ def main(argv: list[str] | None = None) -> dict:
     run_until(lambda: not widget.busy())
     n = widget.engine.num_slices
 
-    t_idle = 5.0
-    end = time.perf_counter() + t_idle
-    idle = tick_gaps(lambda: time.perf_counter() > end)
-    t0 = time.perf_counter()
-    widget.precompute()
-    busy = tick_gaps(lambda: not widget.busy())
+    if args.skip_stall:  # embed the clicked slice only
+        idle, busy, t0 = [0.010], [0.010], time.perf_counter()
+        widget.engine.embed(LESION["z"])
+    else:
+        end = time.perf_counter() + 5.0
+        idle = tick_gaps(lambda: time.perf_counter() > end)
+        t0 = time.perf_counter()
+        widget.precompute()
+        busy = tick_gaps(lambda: not widget.busy())
     t_pre = time.perf_counter() - t0
     busy = busy or [0.010]  # a warm cache: nothing to compute
     stall_ms = (max(busy) - 0.010) * 1000
@@ -127,15 +262,28 @@ def main(argv: list[str] | None = None) -> dict:
     widget.go_to(z)
     run_until(lambda: not widget.busy())
     latencies, complete = [], []
-    for x, y in LESION["clicks"]:
+    clock = StageClock()
+    instrument(widget, clock)
+    old_path = use_timer_path(widget)  # old_path[0] True: the previous (timer) click path
+    clicks = LESION["clicks"] * args.click_rounds
+    timer_latencies = []
+    for i, (x, y) in enumerate(clicks * 2 if args.compare_timer else clicks):
+        old_path[0] = bool(args.compare_timer and i % 2)
         before = widget.session.last_preview
         _layers.set_point_label(widget.points_layer, True)
         t0 = time.perf_counter()
         widget.points_layer.add(np.array([z, y, x], float))
+        clock.mark("added")
         run_until(lambda b=before: widget.session.last_preview is not b, poll_ms=1)
-        latencies.append((time.perf_counter() - t0) * 1000)  # the preview layer is updated
+        ms = (time.perf_counter() - t0) * 1000  # the preview layer is updated
         run_until(lambda: not widget.busy(), poll_ms=1)
+        if old_path[0]:
+            timer_latencies.append(ms)
+            clock.marks = {}
+            continue
+        latencies.append(ms)
         complete.append((time.perf_counter() - t0) * 1000)  # and the candidates decoded
+        clock.close_click(t0)
     prompt = widget.session.obj().prompts[z]
     direct = []
     for _ in range(len(latencies)):  # the same work without GUI or worker: first mask only
@@ -161,6 +309,9 @@ def main(argv: list[str] | None = None) -> dict:
         "click_to_preview_ms_max": round(max(latencies), 1),
         "click_to_all_candidates_ms_median": round(statistics.median(complete), 1),
         "direct_preview_ms_median": round(statistics.median(direct), 1),
+        "click_stages_ms_median": clock.medians_ms() or {"missing marks": clock.missing},
+        **_timer_comparison(timer_latencies, latencies),
+        "clicks": len(latencies),
         "click_latency_ratio_vs_direct": round(
             statistics.median(latencies) / statistics.median(direct), 2
         ),

@@ -18,7 +18,7 @@ import torch
 
 from .checkpoint_file import load_state_dict_file
 from .config import REGISTRY, SamConfig, get_config
-from .device import resolve_device
+from .device import inference_dtype, resolve_device
 from .errors import CheckpointError
 from .modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from .modeling.tiny_vit import TinyViT
@@ -105,6 +105,7 @@ def build_sam(
     *,
     preprocessing: str | None = None,
     inference: bool = True,
+    precision: str = "fp32",
 ) -> Sam:
     """Build a model from the registry (or from one of our checkpoint files) and load weights.
 
@@ -120,6 +121,8 @@ def build_sam(
             checkpoint whose file name contains ``medsam`` selects ``"medsam"`` (logged).
         inference: put the model in eval mode and apply inference-only speed-ups
             (e.g. BatchNorm folding). Use ``False`` to fine-tune.
+        precision: ``"fp32"`` (exact) or ``"bf16"`` (fast mode: the image encoder under
+            bfloat16 autocast; see :func:`napari_sam_med.device.inference_dtype`).
 
     Returns:
         The model, with its :class:`SamConfig` at ``model.config``.
@@ -129,6 +132,7 @@ def build_sam(
         ValueError: unknown model name or preprocessing.
     """
     meta: dict[str, Any] = {}
+    encoder_autocast = inference_dtype(precision)
     name_str = os.fspath(name)
     if name_str.lower() not in REGISTRY and _looks_like_file(name_str):
         checkpoint, name_str = name_str, ""
@@ -155,6 +159,7 @@ def build_sam(
         load_weights_strict(model, state_dict, config, source=checkpoint)
     model.checkpoint_path = None if checkpoint is None else str(checkpoint)
     model.checkpoint_metadata = meta
+    model.encoder_autocast = encoder_autocast
     model.to(resolve_device(device))
     if inference:
         model.eval()

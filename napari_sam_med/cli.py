@@ -36,12 +36,8 @@ _BOX3D = ("X0", "Y0", "Z0", "X1", "Y1", "Z1")
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``sam-med``; returns the exit code (0 ok, 1 a case failed, 2 a usage/input error)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG
-        if args.verbose > 1
-        else (logging.INFO if args.verbose else logging.WARNING),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.DEBUG if args.verbose > 1 else (logging.INFO if args.verbose else 30)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -58,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (sub-commands segment, precompute, auto, info, evaluate, export)."""
+    from .cli_onnx import add_export_onnx
     from .cli_pacs import add_output_args, add_pacs_command
 
     p = argparse.ArgumentParser(prog="sam-med", description="Segment Anything for CT/MRI tumours.")
@@ -120,19 +117,24 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
 
     add_commands(sub, common, model, out)  # evaluate, export, replay (the data engine)
+    add_export_onnx(sub, common)
     add_pacs_command(sub, common, s, cmd_segment)
     return p
 
 
 def _parent_parsers() -> tuple[argparse.ArgumentParser, ...]:
     """The shared option groups: ``common`` (-v, --debug), ``model`` (+ --model, --device,
-    --preset, --modality, --no-progress) and ``cache`` (--cache-dir, --no-disk-cache)."""
+    --precision/--fast, --preset, --modality, --no-progress) and ``cache`` (--cache-dir,
+    --no-disk-cache)."""
+    from .cli_onnx import add_speed_args
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     model = argparse.ArgumentParser(add_help=False, parents=[common])
-    model.add_argument("--model", default="lite_medsam", help="registry name or checkpoint file")
+    model.add_argument("--model", default="lite_medsam", help="registry name/checkpoint/ONNX dir")
     model.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps")
+    add_speed_args(model)  # --precision / --fast
     model.add_argument("--preset", help="intensity preset (default: from the modality)")
     model.add_argument("--modality", help="CT or MR, to guess the preset (manifest: default)")
     model.add_argument("--no-progress", action="store_true", help="no progress bars")

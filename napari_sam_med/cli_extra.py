@@ -131,7 +131,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """``sam-med evaluate``: Dice vs clicks, NoC@85/90 and timings for each model."""
     from tqdm import tqdm
 
-    from .build import build_sam
+    from .backends import load_model
     from .device import resolve_device
     from .evaluate import (
         ClickSettings,
@@ -167,7 +167,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     rows, objects = [], []
     for spec, name in zip(specs, names, strict=True):
-        model = build_sam(spec, device=device)
+        model = load_model(spec, device=device, precision=args.precision)
         bar = tqdm(desc=name, unit="object", disable=args.no_progress, delay=0.5)
         results = evaluate_model(
             model, cases, settings, name, args.preset, on_object=lambda _r, b=bar: b.update(1)
@@ -279,8 +279,9 @@ def drive(steps, on_step):
 
 # ------------------------------------------------------ shared by cli.py, precompute, info
 def load_model(args: argparse.Namespace, local_rank: int | None = None):
-    """The model named by ``--model`` on ``--device`` (one GPU per torchrun rank)."""
-    from .build import build_sam
+    """The model named by ``--model`` on ``--device`` (one GPU per torchrun rank), at
+    ``--precision`` (a registry name, checkpoint file or ONNX export folder)."""
+    from .backends import load_model as load_backend
     from .device import resolve_device
 
     device = args.device
@@ -288,7 +289,8 @@ def load_model(args: argparse.Namespace, local_rank: int | None = None):
         # one GPU per torchrun rank; CPU-only ranks keep resolve_device's choice
         if resolve_device("auto").type == "cuda":
             device = f"cuda:{local_rank}"
-    return build_sam(args.model, device=resolve_device(device))
+    precision = getattr(args, "precision", None)
+    return load_backend(args.model, device=resolve_device(device), precision=precision)
 
 
 def model_cache(args: argparse.Namespace):

@@ -65,7 +65,7 @@ class SamPredictor:
             )
         x, geom = prepare_image(arr, self.config, self.device)
         with torch.inference_mode():
-            emb = self.model.image_encoder(x)
+            emb = self.model.encode_image(x)
         self.set_embedding(emb, geom)
 
     def set_embedding(self, embedding: torch.Tensor, geometry: ImageGeometry) -> None:

@@ -22,6 +22,8 @@ class Sam(nn.Module):
     """
 
     mask_threshold: float = 0.0
+    #: autocast dtype of :meth:`encode_image` (``None``: float32); set by ``build_sam``
+    encoder_autocast: torch.dtype | None = None
 
     def __init__(
         self, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder
@@ -32,8 +34,14 @@ class Sam(nn.Module):
         self.mask_decoder = mask_decoder
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        """Embed normalised images ``Bx3xSxS`` (float); returns ``BxCxhxw``."""
-        return self.image_encoder(x)
+        """Embed normalised images ``Bx3xSxS`` (float); returns ``BxCxhxw`` float32.
+
+        Runs under autocast when :attr:`encoder_autocast` is set (the fast mode).
+        """
+        if self.encoder_autocast is None:
+            return self.image_encoder(x)
+        with torch.autocast(device_type=x.device.type, dtype=self.encoder_autocast):
+            return self.image_encoder(x).float()
 
     def decode(
         self,

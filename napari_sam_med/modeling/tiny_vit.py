@@ -128,7 +128,8 @@ def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
         ``(B * nH * nW) x (window * window) x C``, windows in row-major order.
     """
     b, h, w, c = x.shape
-    pad_h, pad_w = -h % window, -w % window
+    # non-negative integer arithmetic only: ONNX's integer Div truncates towards zero
+    pad_h, pad_w = (window - h % window) % window, (window - w % window) % window
     if pad_h or pad_w:
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
     nh, nw = (h + pad_h) // window, (w + pad_w) // window
@@ -138,7 +139,7 @@ def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
 
 def window_reverse(xw: torch.Tensor, window: int, b: int, h: int, w: int) -> torch.Tensor:
     """Inverse of :func:`window_partition`: ``(B*nH*nW)xNxC`` -> ``BxHxWxC`` (padding cropped)."""
-    nh, nw = -(-h // window), -(-w // window)
+    nh, nw = (h + window - 1) // window, (w + window - 1) // window
     x = xw.view(b, nh, nw, window, window, -1).transpose(2, 3)
     x = x.reshape(b, nh * window, nw * window, -1)
     return x[:, :h, :w] if (nh * window, nw * window) != (h, w) else x

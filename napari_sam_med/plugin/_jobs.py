@@ -18,6 +18,12 @@ class JobsMixin:
         action = str(getattr(event, "action", "changed"))
         if action.endswith("ing"):  # "adding", "changing", "removing": wait for the end
             return
+        if action.endswith("added") and event.source is self.points_layer:
+            # a click: start its preview now, before napari repaints the canvas (the
+            # zero-delay timer would run only after that repaint, 50-150 ms later)
+            self._sync_timer.stop()
+            self._sync_prompts()
+            return
         self._sync_timer.start()
 
     def _sync_prompts(self) -> None:

@@ -103,18 +103,24 @@ def build(w: Any, presets: list[str]) -> None:
     w.model_combo = QComboBox()
     w.model_combo.addItems([*MODELS, "checkpoint file"])
     w.checkpoint_edit = QLineEdit()
-    w.checkpoint_edit.setPlaceholderText("checkpoint file (.pth/.pt) for vit_* or our own")
+    w.checkpoint_edit.setPlaceholderText("checkpoint (.pth/.pt) or ONNX export folder")
     w.checkpoint_browse_btn = QPushButton("...")
     w.device_combo = QComboBox()
     w.device_combo.addItems(DEVICES)
     w.preset_combo = QComboBox()
     w.preset_combo.addItems(presets)
+    w.fast_check = QCheckBox("Fast mode (bfloat16 encoder)")
+    w.fast_check.setToolTip(
+        "Runs the image encoder in bfloat16: faster embeddings on CPUs with AVX512-BF16, "
+        "masks differ slightly (see docs/speed.md). Not for ONNX exports."
+    )
     w.load_btn = QPushButton("Load model")
     form.addRow("Image", w.image_combo)
     form.addRow("Model", w.model_combo)
     form.addRow("Checkpoint", _row(w.checkpoint_edit, w.checkpoint_browse_btn))
     form.addRow("Device", w.device_combo)
     form.addRow("Preset", w.preset_combo)
+    form.addRow(w.fast_check)
     form.addRow(w.load_btn)
     root.addWidget(setup)
 

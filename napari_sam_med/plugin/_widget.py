@@ -233,6 +233,7 @@ class SamMedWidget(JobsMixin, ObjectsMixin, ReviewMixin, DatasetsMixin, QWidget)
             image,
             preset,
             spacing=_layers.spacing_xyz(layer),
+            precision="bf16" if self.fast_check.isChecked() else "fp32",
             on_done=lambda engine: self._engine_ready(engine, layer),
             on_fail=self._failed,
             on_finished=lambda: (self.load_btn.setEnabled(True), self._set_idle()),

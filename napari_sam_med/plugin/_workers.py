@@ -136,14 +136,18 @@ def load_engine(
     preset: Any,
     cache_dir: str | None = None,
     spacing: tuple[float, float, float] | None = None,
+    precision: str = "fp32",
 ) -> Any:
     """Build the model and bind it to the image (runs in a worker: imports torch).
+
+    ``model_name`` may also be an ONNX export folder (onnxruntime backend); ``precision``
+    ``"bf16"`` is the fast mode (see ``backends.load_model``).
 
     ``preset`` is a preset name, or ``(guess, *args)`` to call ``guess(*args)`` in the worker
     (guessing reads the whole volume and imports torch). ``cache_dir`` None uses the user
     cache folder of the embedding cache.
     """
-    from .. import build_sam
+    from ..backends import load_model
     from ..volume.cache import default_cache_dir
     from ._engine import Engine
 
@@ -151,8 +155,9 @@ def load_engine(
     if isinstance(preset, tuple):  # (guess function, *arguments): guess from the data here
         preset = preset[0](*preset[1:])
 
-    model = build_sam(model_name, checkpoint=checkpoint or None, device=device)
+    model = load_model(model_name, checkpoint or None, device=device, precision=precision)
     info = {"name": model_name, "checkpoint": checkpoint or None, "device": device}
+    info["precision"] = precision
     info["config"] = getattr(model.config, "name", model_name)
     engine = Engine(model, image, preset, cache_dir, info, spacing)
     engine.cache_dir = cache_dir

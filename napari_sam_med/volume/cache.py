@@ -61,6 +61,8 @@ def model_weights_id(model: Any) -> str:
     """
     cfg = getattr(model, "config", None)
     name = getattr(cfg, "name", "model")
+    if getattr(model, "encoder_autocast", None) is not None:  # fast mode: other embeddings
+        name = f"{name}-{str(model.encoder_autocast).removeprefix('torch.')}"
     norm = getattr(cfg, "normalization", "")
     path = getattr(model, "checkpoint_path", None)
     if path and os.path.isfile(path):

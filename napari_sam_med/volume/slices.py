@@ -145,7 +145,7 @@ class SliceSegmenter:
         if emb is None:
             x, geom = prepare_image(self.slice_image(zi), self.config, self.predictor.device)
             with torch.inference_mode():
-                emb = self.model.image_encoder(x)
+                emb = self.model.encode_image(x)
             self.encoder_calls += 1
             self.cache.put(self.cache_key, zi, emb)
         return emb, geom

@@ -1,0 +1,52 @@
+"""``sam-med export-onnx`` and the speed options (``--precision`` / ``--fast``) of every command.
+
+    sam-med export-onnx --model lite_medsam -o lite_medsam_onnx/
+    sam-med export-onnx --model runs/my_finetune.pt -o my_onnx/ --overwrite
+    sam-med segment CT.nii.gz --box3d ... --model lite_medsam_onnx/ -o mask.nii.gz
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_speed_args(model: argparse.ArgumentParser) -> None:
+    """``--precision fp32|bf16`` and its alias ``--fast`` on the model options."""
+    model.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                       help="bf16 = fast mode: image encoder under bfloat16 autocast")  # fmt: skip
+    model.add_argument("--fast", dest="precision", action="store_const", const="bf16",
+                       help="same as --precision bf16")  # fmt: skip
+
+
+def add_export_onnx(sub, common: argparse.ArgumentParser) -> None:
+    """Add the ``export-onnx`` sub-command."""
+    x = sub.add_parser(
+        "export-onnx", parents=[common],
+        help="write the image encoder and prompt decoder as ONNX (encoder.onnx, decoder.onnx)",
+    )  # fmt: skip
+    x.add_argument("--model", default="lite_medsam", help="registry name or checkpoint file")
+    x.add_argument("--checkpoint", help="weights for a registry name (e.g. official SAM files)")
+    x.add_argument("-o", "--out", type=Path, required=True, help="folder to create")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    x.add_argument("--no-validate", action="store_true",
+                   help="skip the onnxruntime vs PyTorch check (not recommended)")  # fmt: skip
+    x.set_defaults(func=cmd_export_onnx)
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    """Export, validate against PyTorch, and print where the files went."""
+    from .build import build_sam
+    from .onnx_export import export_onnx, require_onnx
+
+    require_onnx()  # fail before loading a large checkpoint
+    if args.out.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
+    model = build_sam(args.model, checkpoint=args.checkpoint, device="cpu")
+    out = export_onnx(model, args.out, overwrite=args.overwrite, validate=not args.no_validate)
+    print(f"wrote {out}/encoder.onnx and {out}/decoder.onnx ({model.config.name})")
+    if not args.no_validate:
+        print("validated against PyTorch with onnxruntime (embedding, logits, IoU, masks)")
+    print(f"use it with: sam-med segment ... --model {out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,92 @@
+"""Fast mode (bf16 encoder) selection, the fused encoder's kernels, and backend loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_sam_med import build_sam
+from napari_sam_med.backends import load_model
+from napari_sam_med.device import inference_dtype
+from napari_sam_med.modeling import _cpu_kernels
+from napari_sam_med.modeling.tiny_vit import TinyViT
+from napari_sam_med.volume.cache import model_weights_id
+
+
+@pytest.mark.parametrize(
+    ("text", "dtype"),
+    [(None, None), ("fp32", None), ("FP32", None), ("bf16", torch.bfloat16),
+     ("fast", torch.bfloat16)],
+)  # fmt: skip
+def test_inference_dtype(text, dtype) -> None:
+    assert inference_dtype(text) is dtype
+
+
+def test_unknown_precision_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="precision='fp16'.*fp32, bf16"):
+        build_sam("tiny", device="cpu", precision="fp16")
+
+
+def test_fast_mode_encodes_in_bf16_and_returns_float32() -> None:
+    torch.manual_seed(0)
+    exact = build_sam("tiny", device="cpu")
+    fast = build_sam("tiny", device="cpu", precision="bf16")
+    fast.load_state_dict(exact.state_dict())
+    x = torch.rand(1, 3, exact.config.img_size, exact.config.img_size)
+    with torch.inference_mode():
+        a, b = exact.encode_image(x), fast.encode_image(x)
+    assert b.dtype == torch.float32 and exact.encoder_autocast is None
+    err = ((a - b).abs().max() / a.abs().max()).item()
+    assert 0 < err < 0.05  # bf16 rounding: different, but close
+    # fast-mode embeddings are cached apart from exact ones
+    assert model_weights_id(exact) != model_weights_id(fast)
+
+
+def _tiny_vit() -> TinyViT:
+    torch.manual_seed(0)
+    enc = TinyViT(img_size=64, embed_dims=(16, 32, 40, 48), depths=(1, 1, 2, 1),
+                  num_heads=(1, 2, 2, 3), window_sizes=(7, 7, 14, 7), out_chans=32)  # fmt: skip
+    for m in enc.modules():  # non-trivial BatchNorm statistics to fold
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    return enc.eval()
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_fused_encoder_matches_plain_with_and_without_onednn(onednn, monkeypatch) -> None:
+    if onednn and not _cpu_kernels.onednn_available():
+        pytest.skip("this torch build has no fused oneDNN operators")
+    if not onednn:
+        monkeypatch.setattr(_cpu_kernels, "onednn_available", lambda: False)
+    enc = _tiny_vit()
+    x = torch.rand(2, 3, 60, 68)  # not a multiple of the windows: padding on both axes
+    with torch.inference_mode():
+        plain = enc(x)
+        fused = enc.fuse_for_inference()(x)
+    assert ((fused - plain).abs().max() / plain.abs().max()).item() < 1e-5
+
+
+def test_fused_encoder_runs_under_autocast() -> None:
+    enc = _tiny_vit().fuse_for_inference()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        exact = enc(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = enc(x).float()
+    assert ((fast - exact).abs().max() / exact.abs().max()).item() < 0.1
+
+
+def test_load_model_picks_the_backend(tmp_path) -> None:
+    pytest.importorskip("onnxruntime", reason="the 'onnx' extra is not installed")
+    from napari_sam_med.onnx_export import export_onnx
+    from napari_sam_med.onnx_runtime import OnnxSam
+
+    torch.manual_seed(0)
+    model = load_model("tiny", device="cpu", precision="fast")
+    assert model.encoder_autocast is torch.bfloat16
+    out = export_onnx(build_sam("tiny", device="cpu"), tmp_path / "x", validate=False)
+    assert isinstance(load_model(str(out), device="cpu"), OnnxSam)
+    with pytest.raises(ValueError, match="float32"):
+        load_model(str(out), precision="bf16")
