@@ -91,9 +91,13 @@ def encoder_weights_id(model: Any) -> str:
     :func:`model_weights_id`; a model without a file is hashed each time.
     """
     cfg = getattr(model, "config", None)
+    if not hasattr(model, "image_encoder"):  # another runtime (ONNX): keyed by its own file
+        return f"enc-{model_weights_id(model)}"
+    autocast = getattr(model, "encoder_autocast", None)  # fast mode: other embeddings
     arch = json.dumps(
         {
             "encoder": getattr(cfg, "encoder", type(model.image_encoder).__name__),
+            "autocast": None if autocast is None else str(autocast),
             "settings": _encoder_settings(cfg),
             "img_size": getattr(cfg, "img_size", None),
             "normalization": getattr(cfg, "normalization", ""),
