@@ -64,10 +64,11 @@ def check_claimed_size(path: Path, kind: str) -> None:
         return
     if claim is None:  # not this format at all: the reader reports it
         return
-    _check_memory(path, claim.nbytes)
+    # what the file holds first (a fact of the file), then what this machine can hold
     if isinstance(claim.data, list):  # several data files: the folder's bytes bound them
         stored = sum(f.stat().st_size for f in claim.data if f.is_file())
         _check_stored(path, claim, stored, " (data files in the header's folder)")
+        _check_memory(path, claim.nbytes)
         return
     if not claim.data.is_file():
         raise VolumeError(
@@ -76,6 +77,7 @@ def check_claimed_size(path: Path, kind: str) -> None:
     size = claim.data.stat().st_size
     where = "" if claim.data == path else f" (data file {claim.data})"
     _check_stored(path, claim, size - claim.offset if claim.offset >= 0 else size, where)
+    _check_memory(path, claim.nbytes)
     if claim.encoding in ("gzip", "zlib", "bzip2"):
         actual = _decompressed_length(claim.data, claim.offset, claim.nbytes, claim.encoding)
         if actual < claim.nbytes:
