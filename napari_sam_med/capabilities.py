@@ -56,3 +56,27 @@ def model_capabilities(model: Any) -> Capabilities:
         return Capabilities(clicks=bool(training.get("click_trained", True)))
     name = str(getattr(getattr(model, "config", None), "name", ""))
     return PUBLISHED.get(name, Capabilities())
+
+
+
+# What the engine does for a model without calibrated rules (chosen for LiteMedSAM's IoU head).
+DEFAULT_ENGINE_RULES: dict[str, Any] = {"min_iou": 0.5, "min_stability": 0.5, "repropagate": "box"}
+REPROPAGATE_MODES = ("box", "union", "keep", "off")
+
+
+def engine_rules(model: Any) -> dict[str, Any]:
+    """The engine rules chosen for this model on training patients when it shipped
+    (``checkpoint_metadata["engine"]``: ``min_iou`` and ``min_stability``, below which
+    propagation without a z-range stops, and ``repropagate``, how a correction reaches the
+    slices beside it), each falling back to :data:`DEFAULT_ENGINE_RULES` when missing or
+    malformed."""
+    meta = getattr(model, "checkpoint_metadata", None) or {}
+    given = meta.get("engine") if isinstance(meta.get("engine"), dict) else {}
+    out = dict(DEFAULT_ENGINE_RULES)
+    for key in ("min_iou", "min_stability"):
+        value = given.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = float(value)
+    if given.get("repropagate") in REPROPAGATE_MODES:
+        out["repropagate"] = given["repropagate"]
+    return out

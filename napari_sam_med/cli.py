@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli_extra import load_model, model_cache
+from .config import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 _BOX3D = ("X0", "Y0", "Z0", "X1", "Y1", "Z1")
@@ -132,7 +133,7 @@ def _parent_parsers() -> tuple[argparse.ArgumentParser, ...]:
     common.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     model = argparse.ArgumentParser(add_help=False, parents=[common])
-    model.add_argument("--model", default="lite_medsam", help="registry name/checkpoint/ONNX dir")
+    model.add_argument("--model", default=DEFAULT_MODEL, help="registry name/checkpoint/ONNX dir")
     model.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps")
     add_speed_args(model)  # --precision / --fast
     model.add_argument("--preset", help="intensity preset (default: from the modality)")

@@ -18,6 +18,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .config import DEFAULT_MODEL
+
 
 def add_commands(sub, common: argparse.ArgumentParser, model: argparse.ArgumentParser,
                  out: argparse.ArgumentParser) -> None:  # fmt: skip
@@ -238,7 +240,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     logged_path = args.labels or labels_beside(args.session)
     logged = read_volume(logged_path).array if logged_path else None
     spec, ckpt = args.model, args.checkpoint
-    if ckpt and args.model == "lite_medsam":  # the default: --checkpoint is one of our files
+    if ckpt and args.model == DEFAULT_MODEL:  # the default: --checkpoint is one of our files
         spec, ckpt = ckpt, None
     model = build_sam(spec, checkpoint=ckpt, device=resolve_device(args.device))
     preset = resolve_preset(args.preset or log.get("preset") or None, args.modality, vol)

@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .config import DEFAULT_MODEL
+
 
 def add_speed_args(model: argparse.ArgumentParser) -> None:
     """``--precision fp32|bf16`` and its alias ``--fast`` on the model options."""
@@ -26,7 +28,7 @@ def add_export_onnx(sub, common: argparse.ArgumentParser) -> None:
         "export-onnx", parents=[common],
         help="write the image encoder and prompt decoder as ONNX (encoder.onnx, decoder.onnx)",
     )  # fmt: skip
-    x.add_argument("--model", default="lite_medsam", help="registry name or checkpoint file")
+    x.add_argument("--model", default=DEFAULT_MODEL, help="registry name or checkpoint file")
     x.add_argument("--checkpoint", help="weights for a registry name (e.g. official SAM files)")
     x.add_argument("-o", "--out", type=Path, required=True, help="folder to create")
     x.add_argument("--overwrite", action="store_true", help="replace an existing folder")

@@ -157,6 +157,11 @@ REGISTRY: dict[str, SamConfig] = {
     "lite_medsam": SamConfig(
         name="lite_medsam", encoder="tiny_vit", img_size=256, normalization="minmax"
     ),
+    # Our own interactive model: LiteMedSAM's encoder, a prompt encoder and mask decoder
+    # fine-tuned by training/ for clicks and 3D propagation (docs/model_card_sam_med_lite.md).
+    "sam_med_lite": SamConfig(
+        name="sam_med_lite", encoder="tiny_vit", img_size=256, normalization="minmax"
+    ),
     # A small random model for tests: 128 px input, 8x8 embedding, narrow everything.
     "tiny": SamConfig(
         name="tiny",
@@ -173,6 +178,10 @@ REGISTRY: dict[str, SamConfig] = {
         normalization="minmax",
     ),
 }
+
+
+# The model that build_sam, the sam-med CLI and the plugin use when none is named.
+DEFAULT_MODEL = "lite_medsam"
 
 
 def get_config(name: str) -> SamConfig:

@@ -42,6 +42,8 @@ class PackagedWeights:
 
 # Our own models (registry name -> file). Filled when a trained model ships.
 PACKAGED: dict[str, PackagedWeights] = {}
+# Registry names whose weights only ever come from this package (never random, never a guess).
+OWN_MODELS = frozenset({"sam_med_lite"})
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -92,9 +94,11 @@ def check_sha256(path: Path, expected: str, hint: str) -> None:
 
 def locate_packaged(name: str) -> Path:
     """The checked path of our own model ``name``'s weights file (see :data:`PACKAGED`)."""
-    entry = PACKAGED[name]
-    path = WEIGHTS_DIR / entry.file
     hint = "Reinstall napari-sam-med."
+    entry = PACKAGED.get(name)
+    if entry is None:
+        raise CheckpointError(f"this napari-sam-med ships no weights for model {name!r}. {hint}")
+    path = WEIGHTS_DIR / entry.file
     if not path.is_file():
         raise CheckpointError(f"the weights of model {name!r} are missing: {path}. {hint}")
     check_sha256(path, entry.sha256, hint)

@@ -52,3 +52,9 @@ def test_delta_checkpoint_round_trip_and_packaged_checksum(tmp_path, monkeypatch
     path.write_bytes(path.read_bytes()[:-1] + b"x")
     with pytest.raises(CheckpointError, match=r"d\.pt has SHA-256 .* expected"):
         weights.locate_packaged("lite_medsam_test")
+
+
+def test_own_model_without_its_weights_is_refused_never_random(monkeypatch):
+    monkeypatch.delitem(weights.PACKAGED, "sam_med_lite", raising=False)
+    with pytest.raises(CheckpointError, match="ships no weights for model 'sam_med_lite'"):
+        build_sam("sam_med_lite", device="cpu")

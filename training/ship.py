@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -66,12 +67,20 @@ def compare(a, b) -> tuple[float, float]:
     return float(min(ious)), float(np.abs(a[1] - b[1]).max())
 
 
-def ship(ckpt: str, name: str, out: Path, base: str = "lite_medsam") -> dict:
-    """Write the delta file (float16 if lossless, else float32) and the golden; return facts."""
+def ship(
+    ckpt: str, name: str, out: Path, base: str = "lite_medsam", engine: dict | None = None
+) -> dict:
+    """Write the delta file (float16 if lossless, else float32) and the golden; return facts.
+
+    ``engine``: the engine thresholds chosen for this model on training patients (e.g.
+    ``{"min_iou": 0.3, "min_stability": 0.0}``), recorded as ``metadata["engine"]`` and read by
+    :func:`napari_sam_med.capabilities.stop_thresholds`."""
     tuned = build_sam(ckpt, device="cpu", inference=False)
     tuned.config = dataclasses.replace(tuned.config, name=name)
     meta = dict(tuned.checkpoint_metadata)
     meta["model"] = {"name": name, "base": base, "source_checkpoint": Path(ckpt).name}
+    if engine:
+        meta["engine"] = dict(engine)
     prompts = golden_prompts()
     reference = answers(build_sam(ckpt, device="cpu"), prompts)
     for dtype in (torch.float16, torch.float32):
@@ -105,11 +114,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="sam_med_lite")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--engine", default="{}", help='JSON engine thresholds, e.g. {"min_iou": 0.3}'
+    )
     args = p.parse_args(argv)
     if args.out.exists() and not args.overwrite:
         print(f"error: {args.out} exists; pass --overwrite to replace it", file=sys.stderr)
         return 2
-    for k, v in ship(args.checkpoint, args.name, args.out).items():
+    try:
+        engine = json.loads(args.engine)
+    except json.JSONDecodeError as err:
+        print(f"error: --engine {args.engine!r} is not JSON: {err}", file=sys.stderr)
+        return 2
+    for k, v in ship(args.checkpoint, args.name, args.out, engine=engine).items():
         print(f"{k}: {v}")
     return 0
 

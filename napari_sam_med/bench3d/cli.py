@@ -87,8 +87,17 @@ def parse_engine_overrides(items: Sequence[str] | None) -> Any:
             raise ValueError(
                 f"--engine {item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}"
             )
-        values[key] = _parse_value(key, text.strip(), type(getattr(defaults, key)))
+        default = getattr(defaults, key)
+        kind = _UNSET_KINDS.get(key, float) if default is None else type(default)
+        text = text.strip()
+        values[key] = None if default is None and text.lower() == "none" else (
+            _parse_value(key, text, kind)
+        )
     return dataclasses.replace(defaults, **values)
+
+
+# Settings whose default None means "follow the model": the type a value given for them has.
+_UNSET_KINDS: dict[str, type] = {"correction_mask_prompt": bool}
 
 
 def _parse_value(key: str, text: str, kind: type) -> Any:

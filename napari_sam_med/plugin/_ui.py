@@ -26,7 +26,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-MODELS = ("lite_medsam", "medsam_vit_b", "vit_b", "vit_l", "vit_h", "tiny")
+from ..config import DEFAULT_MODEL
+
+MODELS = tuple(
+    dict.fromkeys((DEFAULT_MODEL, "lite_medsam", "medsam_vit_b", "vit_b", "vit_l", "vit_h", "tiny"))
+)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 # (key as napari binds it, what it does); shown in the widget's help and in docs/plugin.md.

@@ -23,6 +23,21 @@ def edit_box(box: np.ndarray, points: np.ndarray, labels: np.ndarray, margin: fl
     return b
 
 
+def take_in_clicks(
+    box: np.ndarray, points: np.ndarray, labels: np.ndarray, margin: float
+) -> np.ndarray:
+    """``box`` grown to hold every positive click (with ``margin``); negative clicks leave it:
+    a model trained with clicks trims with the click itself, but its box must not exclude
+    what a positive click says is object."""
+    keep = np.asarray(labels).ravel() == 1
+    return edit_box(box, np.asarray(points)[keep], np.asarray(labels).ravel()[keep], margin)
+
+
+def union_box(a: Any, b: Any) -> list[float]:
+    """The smallest ``[x0, y0, x1, y1]`` holding both boxes."""
+    return [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
+
+
 def corner_box(box: Any) -> np.ndarray:
     b = np.asarray(box, dtype=np.float32).ravel()
     if b.shape != (4,):

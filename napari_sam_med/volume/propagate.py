@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from ..capabilities import model_capabilities
+from ..capabilities import REPROPAGATE_MODES, engine_rules, model_capabilities
 from .box_edits import corner_box as _corner_box
 from .box_edits import edit_box as _edit_box
+from .box_edits import take_in_clicks, union_box
 from .objects import ObjectSegmentation
 from .slices import SlicePrediction, SliceSegmenter
 
@@ -56,7 +57,9 @@ class PropagationSettings:
             mask prompt: ``None`` follows the model's capabilities (models trained with the
             click simulation of ``training/`` saw exactly that), or force it on/off.
         min_area: a mask with fewer pixels counts as empty.
-        min_iou / min_stability: stop below these (modes without a z-range).
+        min_iou / min_stability: stop below these (modes without a z-range); ``None``: the
+            values calibrated for the model (its checkpoint's ``engine`` metadata, see
+            :func:`napari_sam_med.capabilities.engine_rules`), else 0.5 and 0.5.
         max_area_growth: stop when the area grows by more than this factor in one slice.
         max_centroid_shift: stop when the centroid moves more than this fraction of the
             previous mask's equivalent diameter.
@@ -72,6 +75,12 @@ class PropagationSettings:
             trained on boxes only (LiteMedSAM as published, whose point answers are weak),
             points otherwise.
         change_tol: a correction stops re-propagating where Dice(new, old) >= this.
+        repropagate: how a correction reaches the slices beside it: ``"box"`` each from the
+            box around its neighbour's new mask; ``"union"`` that box widened by the slice's
+            own earlier box; ``"keep"`` as union, with the slice's earlier logits as the mask
+            prompt; ``"off"`` not at all (the click changes its own slice only); ``"auto"``:
+            the model's calibrated rule (:func:`napari_sam_med.capabilities.engine_rules`),
+            else ``box``.
         anisotropy_margin: the box margin is at least this times the ratio of the slice
             gap to the in-plane pixel size (needs the segmenter's ``spacing``).
     """
@@ -80,13 +89,14 @@ class PropagationSettings:
     use_mask_prompt: bool = False
     correction_mask_prompt: bool | None = None
     min_area: int = 4
-    min_iou: float = 0.5
-    min_stability: float = 0.5
+    min_iou: float | None = None
+    min_stability: float | None = None
     max_area_growth: float = 2.5
     max_centroid_shift: float = 0.6
     max_intensity_jump: float = 1.2
     min_intensity_spread: float = 6.0
     change_tol: float = 0.97
+    repropagate: str = "auto"
     click_mode: str = "auto"
     anisotropy_margin: float = 0.7
 
@@ -237,6 +247,8 @@ class Propagator:
         if box is not None and pts is not None and self._clicks_edit_box():
             box, pts, lab = _edit_box(box, pts, lab, self.margin()), None, None
             p["edited_box"] = [float(v) for v in box]
+        elif box is not None and pts is not None and model_capabilities(self.seg.model).mask_prompt:
+            box = take_in_clicks(box, pts, lab, self.margin())  # trained for the 3D loop
         pred = self.seg.predict(
             z,
             box=box,
@@ -264,6 +276,25 @@ class Propagator:
             return bool(forced)
         return self.settings.use_mask_prompt or model_capabilities(self.seg.model).mask_prompt
 
+    def thresholds(self) -> tuple[float, float]:
+        """``(min_iou, min_stability)``: the settings', else the model's calibrated ones."""
+        rules = engine_rules(self.seg.model)
+        s = self.settings
+        return (
+            rules["min_iou"] if s.min_iou is None else float(s.min_iou),
+            rules["min_stability"] if s.min_stability is None else float(s.min_stability),
+        )
+
+    def _repropagate_mode(self) -> str:
+        mode = self.settings.repropagate
+        if mode == "auto":
+            return str(engine_rules(self.seg.model)["repropagate"])
+        if mode not in REPROPAGATE_MODES:
+            raise ValueError(
+                f"repropagate={mode!r}; expected 'auto', 'box', 'union', 'keep' or 'off'"
+            )
+        return mode
+
     def margin(self) -> float:
         """Pixels added around the previous mask's box: ``box_margin`` on the model grid, or
         ``anisotropy_margin`` x (slice gap / pixel size) there if larger, because a boundary
@@ -284,9 +315,26 @@ class Propagator:
         ]
         return [float(v) for v in box]
 
-    def _step(self, prev: SlicePrediction, z: int, clip) -> SlicePrediction:
+    def _step(
+        self,
+        prev: SlicePrediction,
+        z: int,
+        clip,
+        widen: SlicePrediction | None = None,
+        prior: SlicePrediction | None = None,
+    ) -> SlicePrediction:
+        """Predict slice ``z`` from the box around its neighbour ``prev``'s mask.
+
+        Re-propagation after a correction (see ``PropagationSettings.repropagate``) may pass
+        the slice's own earlier result as ``widen`` (its box joins the neighbour's, so that a
+        correction near the object's end does not cut the slices beside it down to the end's
+        size) and as ``prior`` (its logits become the mask prompt)."""
         mask_in = prev.logits[None] if self.settings.use_mask_prompt else None
         box = self._box_around(prev.mask)
+        if widen is not None and widen.area:
+            box = union_box(box, self._box_around(widen.mask))
+        if prior is not None and prior.area:
+            mask_in = prior.logits[None]
         pred = self.seg.predict(
             z, box=np.asarray(box, np.float32), mask_input=mask_in, source="propagated"
         )
@@ -305,9 +353,10 @@ class Propagator:
         s = self.settings
         if pred.area < s.min_area:
             return "empty"
-        if pred.iou < s.min_iou:
+        min_iou, min_stability = self.thresholds()
+        if pred.iou < min_iou:
             return "low_iou"
-        if pred.stability < s.min_stability:
+        if pred.stability < min_stability:
             return "low_stability"
         if pred.area > s.max_area_growth * max(prev.area, 1):
             return "area_jump"
@@ -370,7 +419,11 @@ class Propagator:
                     zz += step
                     continue
                 break
-            pred = self._step(prev, zz, clip)
+            mode = self._repropagate_mode()
+            if mode == "off":
+                break
+            widen = old if mode in ("keep", "union") else None
+            pred = self._step(prev, zz, clip, widen, old if mode == "keep" else None)
             if old is None and self._stop_reason(prev, pred) is not None:
                 break
             if pred.area < self.settings.min_area:

@@ -60,10 +60,10 @@ def segment_text(
         return
     _, _, z, iou, stab = best
     reason = f"seed slice {z}: predicted IoU {iou:.2f}, stability {stab:.2f}"
-    s = prop.settings
-    if iou < s.min_iou or stab < s.min_stability:
+    min_iou, min_stability = prop.thresholds()
+    if iou < min_iou or stab < min_stability:
         reason += (
-            f" (low confidence: below IoU {s.min_iou:.2f} / stability {s.min_stability:.2f};"
+            f" (low confidence: below IoU {min_iou:.2f} / stability {min_stability:.2f};"
             " check the result)"
         )
     obj.key_prompts = {z: {"text": text}}

@@ -314,3 +314,69 @@ def test_corrections_follow_the_recorded_capabilities(tiny_model, monkeypatch):
         assert (first["mask_input"] is not None) == mask_prompt, meta
     caps = model_capabilities(model)
     assert caps.clicks and not caps.propagation
+
+
+def test_correction_keeps_the_neighbours_extent_for_click_trained_models(tiny_model, monkeypatch):
+    """A click-trained model: the corrected slice's box takes in a positive click outside it;
+    with the ``keep`` rule re-propagation gives each neighbour a box that still holds its own
+    earlier extent, with its earlier logits as the mask prompt (so a correction at the
+    object's end does not cut the slices beside it down to the end's size). Models without
+    calibrated rules keep the old one."""
+    import copy
+
+    model = copy.deepcopy(tiny_model)
+    model.checkpoint_metadata = {
+        "training": {"capabilities": {"clicks": True}},
+        "engine": {"repropagate": "keep"},
+    }
+    vol, _blob = blob_volume()
+    seg = SliceSegmenter(model, vol, "minmax")
+    calls = []
+    real = seg.predict
+
+    def spy(z, **kw):
+        calls.append((z, kw))
+        return real(z, **kw)
+
+    monkeypatch.setattr(seg, "predict", spy)
+    prop = Propagator(seg, PropagationSettings(change_tol=1.1, min_area=0))
+    obj = ObjectSegmentation(1)
+    run(prop.box3d(obj, [34, 14, 2, 66, 34, 6]))
+    old = {z: obj.slices[z] for z in (3, 5) if z in obj.slices and obj.slices[z].area}
+    calls.clear()
+    run(prop.correct(obj, 4, points=np.array([[70.0, 24.0]]), labels=np.array([1])))
+    z0, first = calls[0]
+    assert z0 == 4 and first["box"][2] >= 70.0  # the box now holds the positive click
+    assert first["mask_input"] is not None and first["points"] is not None
+    for z, kw in calls[1:]:
+        if z in old:
+            ys, xs = np.nonzero(old[z].mask)
+            assert kw["box"][0] <= xs.min() and kw["box"][2] >= xs.max(), z
+            np.testing.assert_array_equal(kw["mask_input"][0], old[z].logits)
+    assert prop._repropagate_mode() == "keep"
+    model.checkpoint_metadata = {}
+    model.config = __import__("dataclasses").replace(model.config, name="lite_medsam")
+    assert prop._repropagate_mode() == "box"
+    prop.settings = PropagationSettings(repropagate="sideways")
+    with pytest.raises(ValueError, match="repropagate='sideways'"):
+        prop._repropagate_mode()
+
+
+def test_engine_rules_follow_the_model_unless_set(tiny_model):
+    """Propagation without a z-range stops on the thresholds calibrated for the model (its
+    checkpoint's ``engine`` metadata), 0.5/0.5 for models without them; settings win."""
+    import copy
+
+    model = copy.deepcopy(tiny_model)
+    model.checkpoint_metadata = {}
+    prop = Propagator(SliceSegmenter(model, np.zeros((3, 32, 32), np.float32)))
+    assert prop.thresholds() == (0.5, 0.5)
+    model.checkpoint_metadata = {"engine": {"min_iou": 0.3, "min_stability": 0.0}}
+    assert prop.thresholds() == (0.3, 0.0)
+    model.checkpoint_metadata = {"engine": {"min_iou": "high", "repropagate": "x"}}
+    assert prop.thresholds() == (0.5, 0.5)  # malformed: the defaults
+    assert prop._repropagate_mode() == "box"
+    model.checkpoint_metadata = {"engine": {"repropagate": "union"}}
+    assert prop._repropagate_mode() == "union"
+    prop.settings = PropagationSettings(min_iou=0.7)
+    assert prop.thresholds() == (0.7, 0.5)
