@@ -180,7 +180,9 @@ REGISTRY: dict[str, SamConfig] = {
 }
 
 
-# The model that build_sam, the sam-med CLI and the plugin use when none is named.
+# The model that build_sam, the sam-med CLI and the plugin use when none is named. Our own
+# sam_med_lite ships beside it but is not the default yet: on the validation patients its 3D
+# box start is below LiteMedSAM's (docs/model_card_sam_med_lite.md).
 DEFAULT_MODEL = "lite_medsam"
 
 

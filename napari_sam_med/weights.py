@@ -40,8 +40,14 @@ class PackagedWeights:
     base: str
 
 
-# Our own models (registry name -> file). Filled when a trained model ships.
-PACKAGED: dict[str, PackagedWeights] = {}
+# Our own models (registry name -> file): see docs/model_card_sam_med_lite.md.
+PACKAGED: dict[str, PackagedWeights] = {
+    "sam_med_lite": PackagedWeights(
+        file="sam_med_lite_v1.pt",
+        sha256="027ac732da02a886dc3a7d34eab6fe824d857133515829775e2ece7f7c36d758",
+        base="lite_medsam",
+    ),
+}
 # Registry names whose weights only ever come from this package (never random, never a guess).
 OWN_MODELS = frozenset({"sam_med_lite"})
 

@@ -29,7 +29,10 @@ from qtpy.QtWidgets import (
 from ..config import DEFAULT_MODEL
 
 MODELS = tuple(
-    dict.fromkeys((DEFAULT_MODEL, "lite_medsam", "medsam_vit_b", "vit_b", "vit_l", "vit_h", "tiny"))
+    dict.fromkeys(
+        (DEFAULT_MODEL, "lite_medsam", "sam_med_lite", "medsam_vit_b", "vit_b", "vit_l", "vit_h")
+        + ("tiny",)
+    )
 )
 DEVICES = ("auto", "cpu", "cuda", "mps")
 

@@ -192,8 +192,8 @@ class Propagator:
             prompt["point_labels"] = list(prompt.get("point_labels", [])) + [
                 int(v) for v in np.asarray(labels).ravel()
             ]
-        if "box" not in prompt and z in obj.slices and obj.slices[z].area:
-            prompt["box"] = self._box_around(obj.slices[z].mask)
+        if "box" not in prompt and (source := self._box_source(obj, z)) is not None:
+            prompt["box"] = self._box_around(source.mask)
         if not prompt.get("box") and not prompt.get("points"):
             raise ValueError(f"correction on slice {z} has no points and no box")
         obj.key_prompts[z] = prompt
@@ -211,6 +211,17 @@ class Propagator:
                 yield Progress(done, None, zz, "re-propagating")
 
     # --------------------------------------------------------------- helpers
+    @staticmethod
+    def _box_source(obj: ObjectSegmentation, z: int) -> SlicePrediction | None:
+        """The mask whose box a correction on slice ``z`` without a box of its own starts from:
+        the slice's own, else (a click on an empty slice beside the object, where the object
+        goes on) a neighbour's, as propagation would have prompted it."""
+        for zz in (z, z - 1, z + 1):
+            pred = obj.slices.get(zz)
+            if pred is not None and pred.area:
+                return pred
+        return None
+
     def _check_box3d(self, box) -> tuple[float, float, int, float, float, int]:
         b = np.asarray(box, dtype=float).ravel()
         if b.shape != (6,) or not np.isfinite(b).all():
