@@ -44,7 +44,8 @@ def hash_volume(path: Path) -> str:
     img = sitk.ReadImage(str(path))
     arr = sitk.GetArrayFromImage(img)
     geom = (img.GetSpacing(), img.GetOrigin(), img.GetDirection(), str(arr.dtype), arr.shape)
-    return _digest(np.ascontiguousarray(arr).tobytes(), np.round(geom[:3], 6).tolist(), geom[3:])
+    rounded = [np.round(np.asarray(g, float), 6).tolist() for g in geom[:3]]
+    return _digest(np.ascontiguousarray(arr).tobytes(), rounded, geom[3:])
 
 
 def _clean(value: object) -> object:
@@ -94,6 +95,21 @@ def run(argv: list[str], tmp: Path) -> tuple[int, str]:
     return code, text
 
 
+def help_texts() -> dict[str, str]:
+    """``sam-med CMD --help`` of every sub-command (and ``pacs`` ones): the options stay the same."""
+    from napari_sam_med.cli import build_parser
+
+    texts = {}
+    commands = ["segment", "precompute", "auto", "info", "evaluate", "export", "replay",
+                "export-onnx", "pacs", "pacs find", "pacs get", "pacs store", "pacs segment"]
+    for cmd in [""] + commands:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+            build_parser().parse_args([*cmd.split(), "--help"])
+        texts[cmd or "sam-med"] = out.getvalue()
+    return texts
+
+
 def commands(tmp: Path) -> dict[str, list[str]]:
     session = tmp / "session"
     return {
@@ -117,6 +133,9 @@ def commands(tmp: Path) -> dict[str, list[str]]:
 
 def main() -> int:
     results: dict[str, str] = {}
+    for cmd, text in help_texts().items():
+        results[f"help {cmd}"] = _digest(text)
+        print(f"help {cmd:16s} {results[f'help {cmd}']}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for name, argv in commands(tmp).items():
