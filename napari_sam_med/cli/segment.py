@@ -60,8 +60,8 @@ def add_command(sub: Any, parents: list[argparse.ArgumentParser]) -> argparse.Ar
 # ---------------------------------------------------------------------------- segment
 def cmd_segment(args: argparse.Namespace) -> int:
     """``sam-med segment``: one image with prompts, or a manifest of cases."""
-    from ..outputs import check_output
-    from ..volume.qc import summary_table, write_json_atomic
+    from ..outputs import check_output, write_json_atomic
+    from ..volume.qc import summary_table
 
     cases = _cases_from_args(args)
     if args.summary:  # a resumed batch rewrites its own summary

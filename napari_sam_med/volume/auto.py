@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ..outputs import check_output
+from ..outputs import check_output, write_bytes_atomic, write_json_atomic
 from .geometry import Volume
 from .io import case_name
-from .qc import write_bytes_atomic, write_json_atomic
 from .segment import CaseProgress, ProgressFn
 
 logger = logging.getLogger(__name__)

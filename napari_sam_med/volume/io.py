@@ -84,6 +84,18 @@ def file_suffix(path: str | os.PathLike) -> str:
     return Path(name).suffix
 
 
+def strip_volume_suffix(name: str) -> str:
+    """``name`` (a file name or a relative path) without its volume suffix:
+    ``"a/ct1.nii.gz"`` -> ``"a/ct1"``; see :func:`case_name` for a file-system-safe case name."""
+    suffix = file_suffix(name)
+    return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
+
+
+def file_stem(path: str | os.PathLike) -> str:
+    """A file name without its volume suffix (``a/ct1.nii.gz`` -> ``ct1``)."""
+    return strip_volume_suffix(Path(path).name)
+
+
 def read_volume(
     path: str | os.PathLike,
     series_uid: str | None = None,
