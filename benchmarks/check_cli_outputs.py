@@ -2,6 +2,7 @@
 the CLI's outputs identical (run it before and after; the printed hashes must match).
 
     OMP_NUM_THREADS=1 python benchmarks/check_cli_outputs.py            # this checkout
+    CHECK_CLI_SHOW=1 python benchmarks/check_cli_outputs.py export,evaluate   # some, verbose
     PYTHONPATH=/other/tree python benchmarks/check_cli_outputs.py       # another tree
 
 Cheap on purpose: LiteMedSAM on the CPU, a few slices per command. What is hashed is the
@@ -97,15 +98,16 @@ def run(argv: list[str], tmp: Path) -> tuple[int, str]:
 
 
 def _drop_seconds_column(text: str) -> str:
-    """Tables with a ``seconds`` column (``segment``'s summary): that column, and the
-    padding that depends on its width, go."""
-    lines, col = [], None
+    """Tables with timing columns (``seconds``, ``*_s``: ``segment``'s summary, ``evaluate``'s
+    table): those columns, and the padding that depends on their widths, go."""
+    lines, cols, width = [], [], 0
     for line in text.splitlines():
         cells = line.replace("volume mL", "volume_mL").split()
-        if "seconds" in cells:
-            col = cells.index("seconds")
-        if col is not None and len(cells) > col:
-            cells[col] = "N"
+        timing = [i for i, c in enumerate(cells) if c == "seconds" or c.endswith("_s")]
+        if timing:
+            cols, width = timing, len(cells)
+        if cols and len(cells) == width:
+            cells = ["N" if i in cols else c for i, c in enumerate(cells)]
             line = " ".join(cells)
         lines.append(line)
     return "\n".join(lines)
@@ -154,7 +156,10 @@ def main() -> int:
         print(f"help {cmd:16s} {results[f'help {cmd}']}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        only = sys.argv[1].split(",") if len(sys.argv) > 1 else None  # e.g. export,evaluate
         for name, argv in commands(tmp).items():
+            if only and name not in only:
+                continue
             before = set(tmp.rglob("*"))
             code, text = run(argv, tmp)
             new = sorted(p for p in set(tmp.rglob("*")) - before if p.is_file())

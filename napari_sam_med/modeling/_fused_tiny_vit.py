@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ._cpu_kernels import conv2d, linear, linear_add
-from .tiny_vit import window_partition, window_reverse
+from .window_attention import window_partition, window_reverse
 
 if TYPE_CHECKING:
     from .tiny_vit import ConvBN, TinyViT, TinyViTBlock

@@ -31,11 +31,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     """``sam-med replay``: a session's logged prompts re-run with a model; Dice vs the log."""
     from tqdm import tqdm
 
-    from ...build import build_sam
-    from ...device import resolve_device
     from ...evaluate import write_csv
-    from ...export import case_name
-    from ...volume.io import read_volume, write_labels
+    from ...volume.io import case_name, read_volume, write_labels
     from ...volume.segment import resolve_preset
     from ...volume.session_log import (
         compare_labels,
@@ -47,25 +44,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from ...volume.slices import SliceSegmenter
 
     log = load_session_log(args.session)
-    info = log.get("image") or {}
-    image = args.image or info.get("path")
-    if not image:
-        raise ValueError(f"{args.session}: the log records no image path; give --image IMAGE")
-    vol = read_volume(image)
-    if info.get("shape_zyx") and list(vol.array.shape) != list(info["shape_zyx"]):
-        raise ValueError(
-            f"{image}: shape {list(vol.array.shape)} (z, y, x), but the session was recorded "
-            f"on an image of shape {info['shape_zyx']}; pass the session's image with --image"
-        )
+    image, vol = _session_image(args, log)
     case = case_name(image)
     out_paths = claim_outputs(args.overwrite, args.out / f"{case}_replay.nii.gz",
                               args.out / f"{case}_replay_dice.csv")  # fmt: skip
     logged_path = args.labels or labels_beside(args.session)
     logged = read_volume(logged_path).array if logged_path else None
-    spec, ckpt = args.model, args.checkpoint
-    if ckpt and args.model == "lite_medsam":  # the default: --checkpoint is one of our files
-        spec, ckpt = ckpt, None
-    model = build_sam(spec, checkpoint=ckpt, device=resolve_device(args.device))
+    spec, model = _replay_model(args)
     preset = resolve_preset(args.preset or log.get("preset") or None, args.modality, vol)
     seg = SliceSegmenter(model, vol.array, preset, spacing=vol.spacing)
     state = final_objects(log)
@@ -90,6 +75,35 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print("no logged labels found beside the log (use --labels); Dice not computed")
     print(f"wrote {out_labels}" + (f" and {args.out / f'{case}_replay_dice.csv'}" if rows else ""))
     return 0
+
+
+def _session_image(args: argparse.Namespace, log: dict[str, Any]) -> tuple[str, Any]:
+    """The image the session was recorded on (``--image`` or the logged path), read and
+    checked against the logged shape: ``(path, Volume)``."""
+    from ...volume.io import read_volume
+
+    info = log.get("image") or {}
+    image = args.image or info.get("path")
+    if not image:
+        raise ValueError(f"{args.session}: the log records no image path; give --image IMAGE")
+    vol = read_volume(image)
+    if info.get("shape_zyx") and list(vol.array.shape) != list(info["shape_zyx"]):
+        raise ValueError(
+            f"{image}: shape {list(vol.array.shape)} (z, y, x), but the session was recorded "
+            f"on an image of shape {info['shape_zyx']}; pass the session's image with --image"
+        )
+    return image, vol
+
+
+def _replay_model(args: argparse.Namespace) -> tuple[str, Any]:
+    """``(model spec, model)`` of ``--model`` / ``--checkpoint``."""
+    from ...build import build_sam
+    from ...device import resolve_device
+
+    spec, ckpt = args.model, args.checkpoint
+    if ckpt and args.model == "lite_medsam":  # the default: --checkpoint is one of our files
+        spec, ckpt = ckpt, None
+    return spec, build_sam(spec, checkpoint=ckpt, device=resolve_device(args.device))
 
 
 def drive(steps, on_step):
