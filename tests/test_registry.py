@@ -65,9 +65,10 @@ def test_registered_architecture_runs_forward_and_backward(name: str) -> None:
     assert torch.isfinite(low).all() and torch.isfinite(iou).all()
     (low.square().mean() + iou.square().mean()).backward()
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    # only the single-mask output token and its IoU/hypernetwork rows are unused with
-    # multimask output; every encoder and prompt parameter gets a gradient
-    assert all(n.startswith("mask_decoder.") for n in no_grad), no_grad
+    # unused here: the "no mask" embedding (a mask prompt is given) and, with multimask
+    # output, the single-mask output token's decoder rows; every other parameter learns
+    unused = [n for n in no_grad if n != "prompt_encoder.no_mask_embed.weight"]
+    assert all(n.startswith("mask_decoder.") for n in unused), unused
     grads = [p.grad for p in model.image_encoder.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
