@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_sam_med.metrics import dice
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 NAMES = {1: "large mass", 2: "node", 3: "small nodule"}
@@ -82,8 +84,8 @@ def round_trip(folder: Path) -> None:
     for value, name in NAMES.items():
         truth = labels == value
         back = read_rtstruct(folder / "rtstruct.dcm", vol, name).astype(bool)
-        dice = 2 * (truth & back).sum() / (truth.sum() + back.sum())
-        print(f"RTSTRUCT {name!r}: {truth.sum() * ml:.2f} mL, Dice rasterised back {dice:.4f}")
+        d = dice(truth, back)
+        print(f"RTSTRUCT {name!r}: {truth.sum() * ml:.2f} mL, Dice rasterised back {d:.4f}")
 
 
 def main() -> None:

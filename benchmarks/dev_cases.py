@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_sam_med.bench3d.clicks import box3d_of  # noqa: F401 - re-exported for benchmarks
+from napari_sam_med.metrics import dice  # noqa: F401 - re-exported for benchmarks (bool masks)
 from napari_sam_med.volume.io import read_volume
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -59,8 +60,3 @@ def dev_cases(root: Path = SHARED) -> list[DevCase]:
         )
     )
     return [c for c in cases if c.image.exists() and c.label.exists()]
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s

@@ -134,29 +134,11 @@ def build_sam(
         CheckpointError: missing, corrupt, unsafe or mismatching checkpoint.
         ValueError: unknown model name or preprocessing.
     """
-    meta: dict[str, Any] = {}
     encoder_autocast = inference_dtype(precision)
     name_str = os.fspath(name)
     if name_str.lower() not in REGISTRY and _looks_like_file(name_str):
         checkpoint, name_str = name_str, ""
-    if checkpoint is not None and name_str == "":
-        config, state_dict, meta = load_our_checkpoint(checkpoint)
-    else:
-        config = get_config(name_str)
-        state_dict = None
-        if checkpoint is None and config.name == "lite_medsam":
-            checkpoint = locate_lite_medsam_weights()
-        elif checkpoint is None and (config.name in PACKAGED or config.name in OWN_MODELS):
-            checkpoint = locate_packaged(config.name)
-        if checkpoint is not None:
-            raw = load_state_dict_file(checkpoint)
-            if isinstance(raw, Mapping) and raw.get("format") == CHECKPOINT_FORMAT:
-                config, state_dict, meta = _unpack_ours(raw, checkpoint)
-            else:
-                state_dict = _unwrap_state_dict(raw, checkpoint)
-            config = _choose_preprocessing(config, preprocessing, checkpoint)
-    if preprocessing is not None and checkpoint is None:
-        config = _choose_preprocessing(config, preprocessing, None)
+    config, state_dict, meta, checkpoint = _resolve_weights(name_str, checkpoint, preprocessing)
     model = build_model(config)
     if state_dict is not None:
         load_weights_strict(model, state_dict, config, source=checkpoint)
@@ -170,6 +152,33 @@ def build_sam(
         if callable(fuse):
             fuse()
     return model
+
+
+def _resolve_weights(
+    name: str, checkpoint: str | os.PathLike | None, preprocessing: str | None
+) -> tuple[SamConfig, Mapping[str, torch.Tensor] | None, dict[str, Any], str | os.PathLike | None]:
+    """The configuration, state dict (None: random weights), checkpoint metadata and weights
+    file of :func:`build_sam`'s ``name`` (``""``: ``checkpoint`` is one of our files)."""
+    meta: dict[str, Any] = {}
+    state_dict = None
+    if checkpoint is not None and name == "":
+        config, state_dict, meta = load_our_checkpoint(checkpoint)
+        return config, state_dict, meta, checkpoint
+    config = get_config(name)
+    if checkpoint is None and config.name == "lite_medsam":
+        checkpoint = locate_lite_medsam_weights()
+    elif checkpoint is None and (config.name in PACKAGED or config.name in OWN_MODELS):
+        checkpoint = locate_packaged(config.name)
+    if checkpoint is not None:
+        raw = load_state_dict_file(checkpoint)
+        if isinstance(raw, Mapping) and raw.get("format") == CHECKPOINT_FORMAT:
+            config, state_dict, meta = _unpack_ours(raw, checkpoint)
+        else:
+            state_dict = _unwrap_state_dict(raw, checkpoint)
+        config = _choose_preprocessing(config, preprocessing, checkpoint)
+    elif preprocessing is not None:
+        config = _choose_preprocessing(config, preprocessing, None)
+    return config, state_dict, meta, checkpoint
 
 
 def _looks_like_file(text: str) -> bool:

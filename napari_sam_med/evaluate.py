@@ -33,8 +33,10 @@ from typing import Any
 import numpy as np
 
 from .export import EvalCase
+from .masks import mask_box
+from .metrics import dice, ndimage
+from .outputs import write_bytes_atomic
 from .volume.io import check_label_matches, read_volume
-from .volume.qc import write_bytes_atomic
 from .volume.segment import resolve_preset
 from .volume.slices import SliceSegmenter
 
@@ -90,22 +92,6 @@ class ObjectResult:
 
 
 # ------------------------------------------------------------------------ simulator
-def dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Dice of two boolean masks (1.0 when both are empty)."""
-    total = int(pred.sum()) + int(gt.sum())
-    return 1.0 if total == 0 else 2.0 * int((pred & gt).sum()) / total
-
-
-def _ndimage():
-    try:
-        from scipy import ndimage
-    except ImportError as err:  # pragma: no cover - depends on the install
-        raise ImportError(
-            "the click simulator needs scipy: pip install 'napari-sam-med[eval]'"
-        ) from err
-    return ndimage
-
-
 def next_click(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
     """Corrective click ``(x, y, label)`` at the centre of the largest error region.
 
@@ -116,22 +102,16 @@ def next_click(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
         ``(x, y, 1)`` inside a miss, ``(x, y, 0)`` inside a leak; with no error, the centre of
         ``gt`` as a positive click.
     """
-    ndimage = _ndimage()
+    nd = ndimage()
     error = pred != gt
     region = gt if not error.any() else error
-    comp, n = ndimage.label(region)
+    comp, n = nd.label(region)
     if n > 1:
         sizes = np.bincount(comp.ravel())[1:]
         region = comp == int(np.argmax(sizes)) + 1
-    dist = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    dist = nd.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
     y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
     return int(x), int(y), int(bool(gt[y, x]))
-
-
-def mask_box(mask: np.ndarray) -> np.ndarray:
-    """Tight ``(x0, y0, x1, y1)`` box (inclusive pixel indices) of a non-empty ``(H, W)`` mask."""
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
 
 
 def simulate_object(

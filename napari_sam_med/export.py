@@ -29,16 +29,17 @@ from typing import Any
 import numpy as np
 
 from .errors import OutputExistsError
+from .outputs import write_json_atomic
 from .volume.io import (
     READ_SUFFIXES,
     case_name,  # noqa: F401  (re-exported: the plugin and CLI use it)
     check_label_matches,
+    file_stem,
     file_suffix,
     read_volume,
     write_labels,
     write_volume,
 )
-from .volume.qc import write_json_atomic
 from .volume.session_log import labels_beside, load_session_log
 
 logger = logging.getLogger(__name__)
@@ -298,20 +299,15 @@ def _cases_from_msd(path: Path) -> tuple[list[EvalCase], dict[int, str]]:
         for f in (image, label):
             if not f.exists():
                 raise ValueError(f"{path}: training entry {i}: {f} does not exist")
-        cases.append(EvalCase(_stem(image.name), str(image), str(label.resolve()), modality))
+        cases.append(EvalCase(file_stem(image), str(image), str(label.resolve()), modality))
     if not cases:
         raise ValueError(f"{path}: no cases in 'training'")
     return cases, names
 
 
-def _stem(name: str) -> str:
-    suffix = file_suffix(name)
-    return name[: -len(suffix)] if suffix else name
-
-
 def _volumes(folder: Path) -> dict[str, Path]:
     ok = [f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")]
-    return {_stem(f.name): f for f in ok if file_suffix(f) in READ_SUFFIXES and f.suffix != ".dcm"}
+    return {file_stem(f): f for f in ok if file_suffix(f) in READ_SUFFIXES and f.suffix != ".dcm"}
 
 
 def _pairs_in_folder(root: Path) -> list[EvalCase]:

@@ -70,11 +70,8 @@ class DecoderForOnnx(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """See the module docstring for shapes."""
         pe = self.pe
-        coords = pe.pe_layer.forward_with_coords(point_coords + 0.5, pe.input_image_size)
         labels = point_labels.round().long().clamp(-1, 3)
-        table = torch.cat([pe.not_a_point_embed.weight] + [e.weight for e in pe.point_embeddings])
-        is_pad = (labels == -1).unsqueeze(-1)
-        sparse = torch.where(is_pad, torch.zeros_like(coords), coords) + table[labels + 1]
+        sparse = pe.embed_point_tokens(point_coords + 0.5, labels)
         has = has_mask_input.reshape(1, 1, 1, 1)
         dense = has * pe.mask_downscaling(mask_input)
         dense = dense + (1 - has) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)

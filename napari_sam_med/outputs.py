@@ -12,6 +12,8 @@ sidecars, summaries, reports, exports, evaluation tables, DICOM objects) goes th
   one step; on any failure nothing is left behind and an old file is untouched.
 * **Mode**: the result gets the mode a plain ``open(path, "w")`` would give: ``0o666`` minus
   the umask for a new file, the old file's mode when replacing one (not ``mkstemp``'s 0600).
+* **Files the package owns** (embedding cache entries, plugin autosaves) use
+  :func:`replace_atomic`: the same atomic write, always replacing, folder created.
 * **Clear errors**: a missing or read-only folder is reported as :class:`SamMedError` naming
   the folder before any writer library runs (so no C-library noise reaches stderr).
 """
@@ -22,10 +24,10 @@ import json
 import os
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .errors import OutputExistsError, SamMedError
 
@@ -138,6 +140,19 @@ def write_bytes_atomic(
     path = Path(path)
     with atomic_output(path, overwrite, mkdir) as tmp:
         tmp.write_bytes(data)
+    return path
+
+
+def replace_atomic(
+    path: str | os.PathLike, write: Callable[[IO[Any]], object], binary: bool = True
+) -> Path:
+    """Write ``path`` through ``write(fh)`` (a file opened ``"wb"``, or ``"w"`` UTF-8 text when
+    not ``binary``) atomically, replacing an existing file and creating the folder."""
+    path = Path(path)
+    mode, encoding = ("wb", None) if binary else ("w", "utf-8")
+    with atomic_output(path, overwrite=True, mkdir=True) as tmp:
+        with open(tmp, mode, encoding=encoding) as fh:
+            write(fh)
     return path
 
 

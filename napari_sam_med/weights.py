@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -70,21 +71,41 @@ def locate_lite_medsam_weights(verify: bool = True) -> Path:
         CheckpointError: the distribution is not installed, the file is missing, or its
             SHA-256 differs from the published one.
     """
-    try:
-        dist = metadata.distribution(LITE_MEDSAM_DIST)
-    except metadata.PackageNotFoundError:
-        raise CheckpointError(
-            f"the default model needs the LiteMedSAM weights from the '{LITE_MEDSAM_DIST}' "
-            f"package, which is not installed. Install it with:\n  {LITE_MEDSAM_INSTALL_HINT}"
-        ) from None
-    path = Path(str(dist.locate_file(LITE_MEDSAM_FILE)))
-    if not path.is_file():
-        raise CheckpointError(
-            f"{LITE_MEDSAM_DIST} {dist.version} is installed but {path} is missing; "
-            f"reinstall it: {LITE_MEDSAM_INSTALL_HINT}"
-        )
+    path = locate_in_distribution(
+        LITE_MEDSAM_DIST, LITE_MEDSAM_FILE, CheckpointError, LITE_MEDSAM_INSTALL_HINT,
+        f"the default model needs the LiteMedSAM weights from the '{LITE_MEDSAM_DIST}' package",
+    )  # fmt: skip
     if verify:
         check_sha256(path, LITE_MEDSAM_SHA256, f"Reinstall: {LITE_MEDSAM_INSTALL_HINT}")
+    return path
+
+
+def locate_in_distribution(
+    dist_name: str,
+    rel: str,
+    error: type[Exception],
+    hint: str,
+    needs: str,
+    required: Sequence[str] = (),
+) -> Path:
+    """The installed path of ``rel`` (a file, or a folder holding ``required`` files) inside
+    the distribution ``dist_name``, found from its metadata: the package is never imported.
+
+    Raises:
+        error: the distribution is not installed (``needs`` says what needs it, ``hint`` how
+            to install it) or the file/folder is incomplete (naming the path).
+    """
+    try:
+        dist = metadata.distribution(dist_name)
+    except metadata.PackageNotFoundError:
+        raise error(f"{needs}, which is not installed. Install it with:\n  {hint}") from None
+    path = Path(str(dist.locate_file(rel)))
+    lacking = [n for n in required if not (path / n).is_file()]
+    if lacking or (not required and not path.is_file()):
+        what = f"lacks {lacking}" if lacking else "is missing"
+        raise error(
+            f"{dist_name} {dist.version} is installed but {path} {what}; reinstall it: {hint}"
+        )
     return path
 
 

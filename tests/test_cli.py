@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from napari_sam_med.cli import main
+from napari_sam_med.volume.auto import _link_regions, segment_automatic
 from napari_sam_med.volume.geometry import Volume, index_to_world
 from napari_sam_med.volume.io import read_volume, write_volume
-from napari_sam_med.volume.segment import _link_regions, marker_path, segment_automatic
+from napari_sam_med.volume.segment import marker_path
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (12, 48, 64)  # (z, y, x)

@@ -161,7 +161,7 @@ def test_cli_text_without_the_text_extra(tmp_path: Path, monkeypatch, capsys) ->
 
     from napari_sam_med.build import build_model, save_checkpoint
     from napari_sam_med.config import REGISTRY
-    from napari_sam_med.text import encoders, minilm
+    from napari_sam_med.text import encoders
 
     model = build_model(replace(REGISTRY["tiny"], text_dim=384))
     ckpt = save_checkpoint(model, tmp_path / "minilm_text.pt", metadata={"text_encoder": "minilm"})
@@ -169,7 +169,7 @@ def test_cli_text_without_the_text_extra(tmp_path: Path, monkeypatch, capsys) ->
     def missing(name):
         raise metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(minilm.metadata, "distribution", missing)
+    monkeypatch.setattr(metadata, "distribution", missing)  # read by weights.locate_in_distribution
     monkeypatch.setattr(encoders, "_LOADED", {})
     img = _phantom(tmp_path / "ct.nii.gz")
     out = tmp_path / "seg.nii.gz"

@@ -1,8 +1,8 @@
 """Our SAM modules must produce exactly the state-dict keys and shapes of the public checkpoints.
 
 The specs live in ``../shared/spec/state_dict_sam_vit_{b,l,h}.tsv`` beside the repository; the
-test is skipped when that directory is absent. Models are built on the meta device, so no
-memory is allocated for the weights.
+test is skipped when that directory is absent. Models are built from the registry's own
+configurations on the meta device, so no memory is allocated for the weights.
 """
 
 from __future__ import annotations
@@ -12,21 +12,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from napari_sam_med.modeling import (
-    ImageEncoderViT,
-    MaskDecoder,
-    PromptEncoder,
-    Sam,
-    TwoWayTransformer,
-)
+from napari_sam_med.build import build_model
+from napari_sam_med.config import REGISTRY
 
 SPEC_DIR = Path(__file__).resolve().parents[2] / "shared" / "spec"
 
-# embed_dim, depth, num_heads, global_attn_indexes
-VIT_SIZES = {
-    "vit_b": (768, 12, 12, (2, 5, 8, 11)),
-    "vit_l": (1024, 24, 16, (5, 11, 17, 23)),
-    "vit_h": (1280, 32, 16, (7, 15, 23, 31)),
+# The public checkpoint each registry architecture must load (MedSAM has vit_b's keys);
+# the sizes come from the registry itself (``napari_sam_med.config.REGISTRY``).
+SPEC_FILES = {
+    "vit_b": "state_dict_sam_vit_b.tsv",
+    "vit_l": "state_dict_sam_vit_l.tsv",
+    "vit_h": "state_dict_sam_vit_h.tsv",
+    "medsam_vit_b": "state_dict_sam_vit_b.tsv",
+    "lite_medsam": "state_dict_lite_medsam.tsv",
 }
 
 
@@ -42,37 +40,23 @@ def read_spec(path: Path) -> dict[str, tuple[int, ...]]:
     return spec
 
 
-def build_meta_sam(embed_dim: int, depth: int, num_heads: int, global_idx: tuple) -> Sam:
+def build_meta_sam(name: str) -> torch.nn.Module:
+    """The registry architecture ``name`` on the meta device (no weight memory)."""
     with torch.device("meta"):
-        encoder = ImageEncoderViT(
-            img_size=1024,
-            patch_size=16,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            out_chans=256,
-            window_size=14,
-            global_attn_indexes=global_idx,
-        )
-        prompt = PromptEncoder(256, (64, 64), (1024, 1024), mask_in_chans=16)
-        transformer = TwoWayTransformer(depth=2, embedding_dim=256, num_heads=8, mlp_dim=2048)
-        decoder = MaskDecoder(
-            transformer_dim=256,
-            transformer=transformer,
-            num_multimask_outputs=3,
-            iou_head_depth=3,
-            iou_head_hidden_dim=256,
-        )
-        return Sam(encoder, prompt, decoder)
+        return build_model(REGISTRY[name])
 
 
-@pytest.mark.parametrize("name", sorted(VIT_SIZES))
+def test_every_public_architecture_has_a_spec() -> None:
+    assert set(SPEC_FILES) == set(REGISTRY) - {"tiny"}  # tiny: our random test model
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_FILES))
 def test_state_dict_matches_checkpoint_spec(name: str) -> None:
-    spec_file = SPEC_DIR / f"state_dict_sam_{name}.tsv"
+    spec_file = SPEC_DIR / SPEC_FILES[name]
     if not spec_file.exists():
         pytest.skip(f"checkpoint spec not available: {spec_file}")
     spec = read_spec(spec_file)
-    ours = {k: tuple(v.shape) for k, v in build_meta_sam(*VIT_SIZES[name]).state_dict().items()}
+    ours = {k: tuple(v.shape) for k, v in build_meta_sam(name).state_dict().items()}
     missing = sorted(set(spec) - set(ours))
     unexpected = sorted(set(ours) - set(spec))
     assert not missing and not unexpected, f"missing {missing[:5]}, unexpected {unexpected[:5]}"

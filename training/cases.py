@@ -45,6 +45,7 @@ from napari_sam_med.volume.io import (
     read_rtstruct,
     read_volume,
 )
+from napari_sam_med.volume.io import strip_volume_suffix as _strip_suffix
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +99,6 @@ def modality_from_name(name: str) -> str | None:
         if token in _MODALITY_TOKENS:
             return "CT" if token == "CT" else ("PET" if token == "PET" else "MR")
     return None
-
-
-def _strip_suffix(name: str) -> str:
-    suffix = file_suffix(name)
-    return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
 
 
 def _is_volume(path: Path) -> bool:

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..evaluate import _ndimage, mask_box
+from ..masks import mask_box
+from ..metrics import ndimage
 from . import STARTS
 
 
@@ -71,7 +72,7 @@ def interior_point(
     broken by ``rng`` (the first in raster order without one)."""
     if not region.any():
         raise ValueError("the region is empty: no interior point")
-    dist = _ndimage().distance_transform_edt(np.pad(region, 1), sampling=sampling)[1:-1, 1:-1]
+    dist = ndimage().distance_transform_edt(np.pad(region, 1), sampling=sampling)[1:-1, 1:-1]
     best = np.argwhere(dist == dist.max())
     y, x = best[int(rng.integers(len(best)))] if rng is not None and len(best) > 1 else best[0]
     return int(x), int(y)
@@ -98,8 +99,7 @@ def start_prompt(
 
 
 def _largest_component(err: np.ndarray) -> tuple[int, np.ndarray | None]:
-    ndimage = _ndimage()
-    comp, n = ndimage.label(err, structure=np.ones((3, 3, 3), dtype=bool))
+    comp, n = ndimage().label(err, structure=np.ones((3, 3, 3), dtype=bool))
     if n == 0:
         return 0, None
     sizes = np.bincount(comp.ravel())[1:]

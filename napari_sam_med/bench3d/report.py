@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from ..evaluate import _fmt, write_csv
+from ..metrics import auc
+from ..outputs import write_json_atomic
 from ..plots import line_plot
-from ..volume.qc import write_json_atomic
 from .clicks import STARTS
-from .metrics import auc
 
 GROUP_ORDER = ("CT", "MR", "all")
 DEFINITIONS = {

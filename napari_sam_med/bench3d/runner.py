@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..export import EvalCase
+from ..metrics import NSD_TOLERANCE_MM, dice, nsd
 from ..volume.baseline import baseline_box3d
 from ..volume.io import check_label_matches, read_volume
 from ..volume.objects import ObjectSegmentation
@@ -32,7 +33,6 @@ from ..volume.segment import resolve_preset
 from ..volume.slices import SliceSegmenter
 from .cases import modality_of
 from .clicks import STARTS, box3d_of, next_click, start_prompt
-from .metrics import NSD_TOLERANCE_MM, dice, nsd
 
 BASELINE_START = "box3d"
 

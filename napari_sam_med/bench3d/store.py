@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..volume.qc import write_bytes_atomic, write_json_atomic
+from ..outputs import write_bytes_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Eval-only fast path of :class:`~napari_sam_med.modeling.mask_decoder.MaskDecoder`.
+"""Eval-only fast path of :class:`~napari_sam_med.modeling.mask_decoder.MaskDecoder` (the plain
+module is the reference; equivalence tests: ``tests/test_modeling.py::test_fused_*``).
 
 Built lazily by ``MaskDecoder`` for inference calls (eval mode, gradients disabled) when its
 transformer is a :class:`~napari_sam_med.modeling.transformer.TwoWayTransformer`. It computes

@@ -1,4 +1,6 @@
-"""Eval-only fast path of :class:`~napari_sam_med.modeling.tiny_vit.TinyViT`.
+"""Eval-only fast path of :class:`~napari_sam_med.modeling.tiny_vit.TinyViT` (the plain module
+is the reference; equivalence tests: ``tests/test_tiny_vit.py::test_*fused*`` and
+``tests/test_precision.py::test_fused_encoder_*``, with and without oneDNN).
 
 Built by ``TinyViT.fuse_for_inference()`` from the live modules; it holds folded copies of the
 weights (computed in float64, stored in the parameters' dtype) and never changes the module.
@@ -29,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ._cpu_kernels import conv2d, linear, linear_add
-from .tiny_vit import window_partition, window_reverse
+from .window_attention import window_partition, window_reverse
 
 if TYPE_CHECKING:
     from .tiny_vit import ConvBN, TinyViT, TinyViTBlock

@@ -1,4 +1,9 @@
-"""SAM's mask decoder: prompt tokens + image embedding -> mask logits and IoU predictions."""
+"""SAM's mask decoder: prompt tokens + image embedding -> mask logits and IoU predictions.
+
+Fast path: :mod:`._fused_decoder` computes the same function in a faster order (inference,
+and a differentiable twin for training); this module stays the reference. Equivalence tests:
+``tests/test_modeling.py::test_fused_*`` (outputs, weight updates, gradients).
+"""
 
 from __future__ import annotations
 

@@ -197,6 +197,14 @@ class PromptEncoder(nn.Module):
         if pad:
             coords = torch.cat([coords, coords.new_zeros(coords.shape[0], 1, 2)], dim=1)
             labels = torch.cat([labels, labels.new_full((labels.shape[0], 1), -1)], dim=1)
+        return self.embed_point_tokens(coords, labels)
+
+    def embed_point_tokens(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Embed checked point tokens: ``BxNx2`` pixel-centre coordinates (pixel + 0.5) with
+        ``BxN`` long labels in ``[-1, 3]`` (-1 padding, 0/1 points, 2/3 box corners); ``BxNxC``.
+
+        The traced ONNX decoder (:mod:`napari_sam_med.onnx_export`) embeds its point inputs here.
+        """
         pe = self.pe_layer.forward_with_coords(coords, self.input_image_size)
         is_pad = (labels == POINT_LABEL_PAD).unsqueeze(-1)
         table = torch.cat(

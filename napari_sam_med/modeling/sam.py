@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import nn
 
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
+
+if TYPE_CHECKING:
+    from ..config import SamConfig
 
 
 class Sam(nn.Module):
@@ -24,6 +29,10 @@ class Sam(nn.Module):
     mask_threshold: float = 0.0
     #: autocast dtype of :meth:`encode_image` (``None``: float32); set by ``build_sam``
     encoder_autocast: torch.dtype | None = None
+    #: what ``build_model`` / ``build_sam`` record on the model (declared for the type checker)
+    config: SamConfig
+    checkpoint_path: str | None
+    checkpoint_metadata: dict[str, Any]
 
     def __init__(
         self, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..outputs import replace_atomic
 from ..volume.session_log import LOG_FORMAT, LOG_VERSION, load_session_log
 from ._session import Session
 
@@ -51,16 +51,7 @@ def session_log(session: Session) -> dict[str, Any]:
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], binary: bool) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return replace_atomic(path, write, binary)
 
 
 def save_log(session: Session, path: str | os.PathLike) -> Path:

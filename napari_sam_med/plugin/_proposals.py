@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ._state import box_around
+from ..masks import box_around
 
 
 @dataclass

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..masks import box_around
 from ._annotate import AnnotateMixin
 from ._state import (
     MAX_UNDO,
@@ -28,7 +29,6 @@ from ._state import (
     Job,
     LabelEdit,
     SessionObject,
-    box_around,
     clean_prompt,
     color_for,
     touch,

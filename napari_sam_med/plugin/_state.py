@@ -141,18 +141,6 @@ class Job:
     steps: Iterator[Any]
 
 
-def box_around(mask: np.ndarray, margin: float = 0.0) -> list[float]:
-    """``[x0, y0, x1, y1]`` around a ``(H, W)`` mask, grown by ``margin`` pixels, in the image."""
-    ys, xs = np.nonzero(mask)
-    h, w = mask.shape
-    return [
-        float(max(xs.min() - margin, 0)),
-        float(max(ys.min() - margin, 0)),
-        float(min(xs.max() + margin, w - 1)),
-        float(min(ys.max() + margin, h - 1)),
-    ]
-
-
 def clean_prompt(prompt: dict[str, Any]) -> dict[str, Any]:
     """A JSON-friendly copy holding only non-empty ``points``/``point_labels``/``box``/``text``."""
     out: dict[str, Any] = {}

@@ -14,12 +14,13 @@ import logging
 import os
 import unicodedata
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..weights import locate_in_distribution
 
 logger = logging.getLogger(__name__)
 
@@ -47,23 +48,12 @@ def locate_minilm_dir() -> Path:
     Raises:
         ImportError: the package is not installed (with the install hint) or is incomplete.
     """
-    try:
-        dist = metadata.distribution(MINILM_DIST)
-    except metadata.PackageNotFoundError:
-        raise ImportError(
-            f"the default text encoder needs the '{MINILM_DIST}' package (it ships the "
-            f"all-MiniLM-L6-v2 weights), which is not installed. Install it with:\n  {INSTALL_HINT}"
-        ) from None
-    folder = Path(str(dist.locate_file(MINILM_DIR)))
-    missing = [
-        n for n in ("model.safetensors", "config.json", "vocab.txt") if not (folder / n).is_file()
-    ]
-    if missing:
-        raise ImportError(
-            f"{MINILM_DIST} {dist.version} is installed but {folder} lacks {missing}; "
-            f"reinstall it: {INSTALL_HINT}"
-        )
-    return folder
+    return locate_in_distribution(
+        MINILM_DIST, MINILM_DIR, ImportError, INSTALL_HINT,
+        f"the default text encoder needs the '{MINILM_DIST}' package (it ships the "
+        "all-MiniLM-L6-v2 weights)",
+        required=("model.safetensors", "config.json", "vocab.txt"),
+    )  # fmt: skip
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -1,6 +1,6 @@
 """The data engine's fully automatic stage over many volumes: ``sam-med auto DIR --out-dir OUT``.
 
-Per volume: :func:`~napari_sam_med.volume.segment.segment_automatic` (grid prompts, IoU and
+Per volume: :func:`segment_automatic` (grid prompts, IoU and
 stability filtering, NMS, 3D linking of per-slice masks by overlap) -> ``<case>_auto.nii.gz``
 on the image's geometry and ``<case>_auto_qc.png`` (the slices holding the most labelled voxels,
 with every object's contour). The batch writes ``auto_report.json`` and ``auto_report.csv``:
@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from ..outputs import check_output
+from ..outputs import check_output, write_bytes_atomic, write_json_atomic
 from .geometry import Volume
 from .io import case_name
-from .qc import write_bytes_atomic, write_json_atomic
+from .segment import CaseProgress, ProgressFn
 
 logger = logging.getLogger(__name__)
 
@@ -196,3 +196,91 @@ def _write_report(out: Path, report: list[dict[str, Any]]) -> None:
             round(sum(o["volume_ml"] for o in objs), 3), r["seconds"], r["error"],
         ])  # fmt: skip
     write_bytes_atomic(out / "auto_report.csv", buf.getvalue().encode(), overwrite=True)
+
+
+# ------------------------------------------------------------------- automatic masks
+def segment_automatic(
+    model: Any,
+    volume: Volume,
+    preset: str,
+    slices: tuple[int, int] | None = None,
+    link_iou: float = 0.3,
+    min_voxels: int = 1,
+    on_progress: ProgressFn | None = None,
+    **amg_settings: Any,
+) -> np.ndarray:
+    """Run the automatic mask generator slice by slice and link the masks into 3D objects.
+
+    On each slice, masks are painted largest first (so nested smaller masks stay visible);
+    a slice's region joins the object of the previous slice it overlaps best when their IoU
+    is at least ``link_iou`` (one-to-one, greedy by IoU), else it starts a new object.
+
+    Args:
+        model: a model from ``build_sam``.
+        volume: the image (``array`` ``(z, y, x)``).
+        preset: intensity preset name.
+        slices: inclusive ``(z0, z1)`` range (all slices when None).
+        link_iou: IoU needed to continue an object from one slice to the next.
+        min_voxels: drop objects smaller than this.
+        on_progress: called after each slice.
+        **amg_settings: :class:`~napari_sam_med.amg.AMGSettings` fields (e.g.
+            ``prompt_type="boxes"`` for LiteMedSAM/MedSAM, ``points_per_side``).
+
+    Returns:
+        ``(z, y, x)`` int32 labels ``0..K``, objects numbered by first appearance.
+    """
+    from ..amg import AutomaticMaskGenerator
+    from ..preprocessing import apply_intensity, intensity_range
+
+    arr = volume.array
+    z0, z1 = (0, arr.shape[0] - 1) if slices is None else (int(slices[0]), int(slices[1]))
+    if not 0 <= z0 <= z1 < arr.shape[0]:
+        raise ValueError(f"slices {slices} must satisfy 0 <= z0 <= z1 <= {arr.shape[0] - 1}")
+    gen = AutomaticMaskGenerator(model, **amg_settings)
+    value_range = intensity_range(arr, preset)
+    out = np.zeros(arr.shape, np.int32)
+    next_id = 1
+    for i, z in enumerate(range(z0, z1 + 1)):
+        records = gen.generate(apply_intensity(arr[z], preset, value_range))
+        regions = np.zeros(arr.shape[1:], np.int32)
+        for k, rec in enumerate(sorted(records, key=lambda r: -r["area"])):
+            regions[rec["segmentation"]] = k + 1
+        ids, next_id = _link_regions(out[z - 1] if z > z0 else None, regions, next_id, link_iou)
+        out[z] = ids[regions]
+        if on_progress is not None:
+            msg = f"{len(records)} masks"
+            on_progress(CaseProgress(str(volume.path), 0, 1, 0, i + 1, z1 - z0 + 1, z, msg))
+    counts = np.bincount(out.ravel(), minlength=next_id)
+    keep = np.flatnonzero(counts >= max(min_voxels, 1))
+    lut = np.zeros(next_id, np.int32)
+    lut[keep[keep > 0]] = np.arange(1, int((keep > 0).sum()) + 1, dtype=np.int32)
+    return lut[out]
+
+
+def _link_regions(
+    prev: np.ndarray | None, regions: np.ndarray, next_id: int, link_iou: float
+) -> tuple[np.ndarray, int]:
+    """Map each 2D region id of ``regions`` to a 3D object id (index 0 stays 0)."""
+    n = int(regions.max())
+    ids = np.zeros(n + 1, np.int32)
+    if prev is not None and n and prev.any():
+        both = (prev > 0) & (regions > 0)
+        codes = prev[both].astype(np.int64) * (n + 1) + regions[both]
+        pairs, inter = np.unique(codes, return_counts=True)
+        p, c = pairs // (n + 1), pairs % (n + 1)
+        area_p = np.bincount(prev.ravel(), minlength=next_id)
+        area_c = np.bincount(regions.ravel(), minlength=n + 1)
+        iou = inter / (area_p[p] + area_c[c] - inter)
+        used: set[int] = set()
+        for j in np.argsort(-iou):
+            if iou[j] < link_iou:
+                break
+            if ids[c[j]] == 0 and int(p[j]) not in used:
+                ids[c[j]] = p[j]
+                used.add(int(p[j]))
+    present = np.unique(regions[regions > 0])
+    for r in present:
+        if ids[r] == 0:
+            ids[r] = next_id
+            next_id += 1
+    return ids, next_id

@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import zipfile
 from collections import OrderedDict
@@ -28,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ..outputs import replace_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -218,12 +219,8 @@ class EmbeddingCache:
         if path is None:
             return
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, embedding=t.numpy().astype(np.float16))
-            os.replace(tmp, path)
-        except OSError as exc:  # a full or read-only disk must not stop segmentation
+            replace_atomic(path, lambda fh: np.savez(fh, embedding=t.numpy().astype(np.float16)))
+        except (OSError, ValueError) as exc:  # a full or read-only disk must not stop segmentation
             logger.warning("could not write embedding cache %s: %s", path, exc)
 
     def _remember(self, key: str, index: int, t: torch.Tensor) -> None:

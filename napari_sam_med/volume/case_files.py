@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 from ..outputs import check_output
-from .manifest import CaseSpec, file_stem
+from .io import file_stem
+from .manifest import CaseSpec
 from .qc import qc_paths
 
 MARKER_SUFFIX = ".sam-med.json"

@@ -151,14 +151,35 @@ def write_seg(
             the grid differs from the series, an object is empty, or the write fails.
         ImportError: highdicom/pydicom missing (with the install hint).
     """
+    path, labels, segs, datasets = prepare_output(labels, source, path, segments, overwrite,
+                                                  "DICOM SEG")  # fmt: skip
+    seg = build_seg(labels, datasets, segs, algorithm or AlgorithmInfo())
+    return write_dataset_atomic(seg, path, overwrite)
+
+
+def prepare_output(
+    labels: np.ndarray,
+    source: Volume,
+    path: str | os.PathLike,
+    segments: Sequence[SegmentInfo] | None,
+    overwrite: bool,
+    what: str,
+) -> tuple[Path, np.ndarray, list[SegmentInfo], list[Any]]:
+    """What a DICOM writer (SEG, RTSTRUCT) checks and reads before building its dataset.
+
+    The labels are checked against the image, the segments (default: every non-zero value)
+    against the labels, the output against the overwrite rule, and the source series is
+    read; ``what`` names the object in the messages.
+
+    Returns:
+        ``(path, labels, segments, datasets)`` with ``datasets[k]`` the source's slice ``k``.
+    """
     path = Path(path)
     labels = _checked_labels(labels, source, path)
-    segments = list(segments) if segments is not None else default_segments(labels)
-    check_segments(labels, segments, str(path))
+    segs = list(segments) if segments is not None else default_segments(labels)
+    check_segments(labels, segs, str(path))
     refuse_existing(path, overwrite)
-    datasets = source_datasets(source, "DICOM SEG")
-    seg = build_seg(labels, datasets, segments, algorithm or AlgorithmInfo())
-    return write_dataset_atomic(seg, path, overwrite)
+    return path, labels, segs, source_datasets(source, what)
 
 
 def _checked_labels(labels: Any, source: Volume, path: Path) -> np.ndarray:

@@ -3,7 +3,8 @@
 Formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.mha``,
 ``.mhd``) through SimpleITK, and DICOM series (a folder, or one ``.dcm`` file of the series).
 RTSTRUCT contours are rasterised by :func:`read_rtstruct` and DICOM SEG objects read back by
-:func:`read_seg` (both need pydicom; writers in ``dicom_seg`` / ``rtstruct_out``).
+:func:`~napari_sam_med.volume.dicom_seg_read.read_seg` (both need pydicom; writers in
+``dicom_seg`` / ``rtstruct_out``).
 
 Conventions (see :mod:`napari_sam_med.volume.geometry`): arrays are ``(z, y, x)``, voxel
 indices and spacing are ``(x, y, z)`` as ITK orders them, world coordinates are LPS mm.
@@ -23,7 +24,6 @@ import SimpleITK as sitk
 from ..errors import OutputExistsError
 from ..outputs import atomic_output, check_output
 from .dicom import list_dicom_series, read_dicom_series, read_rtstruct
-from .dicom_seg_read import read_seg
 from .geometry import (
     Volume,
     VolumeError,
@@ -49,7 +49,6 @@ __all__ = [
     "index_to_world",
     "list_dicom_series",
     "read_rtstruct",
-    "read_seg",
     "read_volume",
     "volume_from_sitk",
     "volume_to_sitk",
@@ -82,6 +81,18 @@ def file_suffix(path: str | os.PathLike) -> str:
         if name.endswith(suffix):
             return suffix
     return Path(name).suffix
+
+
+def strip_volume_suffix(name: str) -> str:
+    """``name`` (a file name or a relative path) without its volume suffix:
+    ``"a/ct1.nii.gz"`` -> ``"a/ct1"``; see :func:`case_name` for a file-system-safe case name."""
+    suffix = file_suffix(name)
+    return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
+
+
+def file_stem(path: str | os.PathLike) -> str:
+    """A file name without its volume suffix (``a/ct1.nii.gz`` -> ``ct1``)."""
+    return strip_volume_suffix(Path(path).name)
 
 
 def read_volume(

@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import ManifestError
 from .dicom_out import default_output_name, output_problem
 from .geometry import Volume, world_to_index
-from .io import file_suffix
+from .io import file_stem
 
 SPACES = ("voxel", "world")
 _TOP_KEYS = {"cases", "space", "version", "description"}
@@ -442,13 +442,6 @@ def _check_unique(specs: list[CaseSpec], source: str) -> None:
                 _fail(source, f"cases[{s.index}].{what}", str(key),
                       f"a value distinct from cases[{seen[key]}]")  # fmt: skip
             seen[key] = s.index
-
-
-def file_stem(path: Path) -> str:
-    """A file name without its volume suffix (``ct1.nii.gz`` -> ``ct1``)."""
-    suffix = file_suffix(path)
-    name = path.name
-    return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
 
 
 def _fmt(vals: list[float]) -> str:

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from ..capabilities import REPROPAGATE_MODES, engine_rules, model_capabilities
+from ..masks import box_around
+from ..metrics import dice
 from .box_edits import corner_box as _corner_box
 from .box_edits import edit_box as _edit_box
 from .box_edits import take_in_clicks, union_box
@@ -315,16 +317,7 @@ class Propagator:
         return grid * max(self.seg.slice_shape) / self.seg.config.img_size
 
     def _box_around(self, mask: np.ndarray) -> list[float]:
-        ys, xs = np.nonzero(mask)
-        m = self.margin()
-        h, w = self.seg.slice_shape
-        box = [
-            max(xs.min() - m, 0.0),
-            max(ys.min() - m, 0.0),
-            min(xs.max() + m, w - 1.0),
-            min(ys.max() + m, h - 1.0),
-        ]
-        return [float(v) for v in box]
+        return box_around(mask, self.margin())
 
     def _step(
         self,
@@ -442,7 +435,7 @@ class Propagator:
             else:
                 obj.slices[zz] = pred
             yield zz
-            if old is not None and _dice(old.mask, pred.mask) >= self.settings.change_tol:
+            if old is not None and dice(old.mask, pred.mask) >= self.settings.change_tol:
                 break
             prev = pred
             zz += step
@@ -463,8 +456,3 @@ def trained_with_clicks(model: object) -> bool:
 def _centroid(mask: np.ndarray) -> np.ndarray:
     ys, xs = np.nonzero(mask)
     return np.array([xs.mean(), ys.mean()]) if len(xs) else np.zeros(2)
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s

@@ -26,18 +26,14 @@ from .dicom_seg import (
     SOFTWARE,
     AlgorithmInfo,
     SegmentInfo,
-    _checked_labels,
     _safe_lo,
     _series_number,
-    check_segments,
     content_digest,
-    default_segments,
+    prepare_output,
 )
 from .dicom_source import (
     content_uid,
     import_pydicom,
-    refuse_existing,
-    source_datasets,
     write_dataset_atomic,
 )
 from .geometry import Volume, index_to_world
@@ -107,13 +103,9 @@ def write_rtstruct(
 
     Args and raises: as :func:`~napari_sam_med.volume.dicom_seg.write_seg`.
     """
-    path = Path(path)
-    labels = _checked_labels(labels, source, path)
-    segments = list(segments) if segments is not None else default_segments(labels)
-    check_segments(labels, segments, str(path))
-    refuse_existing(path, overwrite)
-    datasets = source_datasets(source, "RTSTRUCT")
-    ds = build_rtstruct(labels, source, datasets, segments, algorithm or AlgorithmInfo())
+    path, labels, segs, datasets = prepare_output(labels, source, path, segments, overwrite,
+                                                  "RTSTRUCT")  # fmt: skip
+    ds = build_rtstruct(labels, source, datasets, segs, algorithm or AlgorithmInfo())
     return write_dataset_atomic(ds, path, overwrite)
 
 

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from ..metrics import dice
+
 LOG_FORMAT = "napari-sam-med-session"
 LOG_VERSION = 2  # 2: timing, brush edits, proposals, the prompt the model saw
 MAX_UNDO = 30  # undo levels of a session (the plugin and the replay share it)
@@ -461,7 +463,7 @@ def compare_labels(
             "label": label, "name": o.name, "source": o.source,
             "prompted_slices": len(o.prompts), "edited_slices": len(o.edits),
             "propagated": o.propagated, "logged_voxels": n_old, "replayed_voxels": n_new,
-            "dice": round(2.0 * int((old & new).sum()) / both, 4) if ok else None,
+            "dice": round(dice(old, new), 4) if ok else None,
         })  # fmt: skip
     return rows
 

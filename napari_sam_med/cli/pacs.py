@@ -1,5 +1,4 @@
-"""``sam-med pacs``: find, retrieve, segment and store back through DICOMweb; and the DICOM
-output flags of ``sam-med segment`` (``--format seg|rtstruct``, ``--overwrite``).
+"""``sam-med pacs``: find, retrieve, segment and store back through DICOMweb.
 
 Commands::
 
@@ -22,17 +21,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-OUTPUT_FORMATS = ("seg", "rtstruct")
-
-
-def add_output_args(s: argparse.ArgumentParser) -> None:
-    """``--format`` and ``--overwrite`` for ``sam-med segment``."""
-    s.add_argument("--format", choices=OUTPUT_FORMATS,
-                   help="write DICOM SEG or RTSTRUCT (-o FILE.dcm; the image must be a DICOM "
-                        "series); default: by the output's suffix")  # fmt: skip
-    if "--overwrite" not in s._option_string_actions:  # a CLI-wide flag may already exist
-        s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
 def add_pacs_command(
@@ -73,13 +61,13 @@ def add_pacs_command(
 
 def connect(args: argparse.Namespace) -> Any:
     """The :class:`~napari_sam_med.volume.pacs.Pacs` of the command line's settings."""
-    from .volume.pacs import Pacs, load_pacs_config
+    from ..volume.pacs import Pacs, load_pacs_config
 
     return Pacs(load_pacs_config(args.url, args.pacs_config))
 
 
 def _cache(args: argparse.Namespace) -> Path:
-    from .volume.cache import default_cache_dir
+    from ..volume.cache import default_cache_dir
 
     return args.pacs_cache or default_cache_dir() / "pacs"
 
@@ -144,7 +132,7 @@ def cmd_pacs_segment(args: argparse.Namespace, segment_fn: Callable) -> int:
 
 
 def _also_rtstruct(seg_path: Path, image: str, args: argparse.Namespace) -> Path:
-    from .volume.dicom_out import seg_to_rtstruct
+    from ..volume.dicom_out import seg_to_rtstruct
 
     out = seg_path.with_name(seg_path.name.removesuffix(".dcm") + "_rtstruct.dcm")
     return seg_to_rtstruct(seg_path, image, out, getattr(args, "overwrite", False))
@@ -158,7 +146,7 @@ def resolve_manifest(
     the retrieved folder instead, paths are absolute, and cases without a format or with a
     ``.dcm`` output default to ``default_format``.
     """
-    from .volume.manifest import ManifestError
+    from ..volume.manifest import ManifestError
 
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))

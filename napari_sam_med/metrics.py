@@ -1,4 +1,6 @@
-"""3D benchmark metrics: Dice, normalised surface Dice (NSD) at a tolerance in mm, and AUC.
+"""Segmentation metrics, one place for the package: Dice, normalised surface Dice (NSD) at a
+tolerance in mm, and the AUC of a metric-vs-clicks curve (used by evaluate, replay, the 3D
+benchmark, propagation and the benchmarks/ scripts).
 
 NSD follows the definition of Nikolov et al. (DeepMind ``surface-distance``) as MONAI's
 ``compute_surface_dice`` computes it without sub-voxel surfaces: the surface of a mask is its
@@ -11,14 +13,30 @@ MONAI on random shapes with anisotropic spacing (MONAI itself is never imported 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType
 
 import numpy as np
 
-from ..evaluate import _ndimage, dice
-
-__all__ = ["dice", "nsd", "auc", "NSD_TOLERANCE_MM"]
+__all__ = ["dice", "nsd", "auc", "surface", "ndimage", "NSD_TOLERANCE_MM"]
 
 NSD_TOLERANCE_MM = 2.0
+
+
+def dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice of two boolean masks (1.0 when both are empty)."""
+    total = int(pred.sum()) + int(gt.sum())
+    return 1.0 if total == 0 else 2.0 * int((pred & gt).sum()) / total
+
+
+def ndimage() -> ModuleType:
+    """``scipy.ndimage`` (the ``eval`` extra), with a clear message when scipy is missing."""
+    try:
+        from scipy import ndimage as nd
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "the click simulator needs scipy: pip install 'napari-sam-med[eval]'"
+        ) from err
+    return nd
 
 
 def _crop_box(mask: np.ndarray, pad: int = 1) -> tuple[slice, ...]:
@@ -34,7 +52,7 @@ def _crop_box(mask: np.ndarray, pad: int = 1) -> tuple[slice, ...]:
 def surface(mask: np.ndarray) -> np.ndarray:
     """The surface voxels of a bool mask: those an erosion by the face-neighbour cross removes
     (voxels on the array's border count as surface)."""
-    return mask & ~_ndimage().binary_erosion(mask, border_value=0)
+    return mask & ~ndimage().binary_erosion(mask, border_value=0)
 
 
 def nsd(
@@ -67,9 +85,9 @@ def nsd(
     # every surface voxel lies inside the union's box, so distances computed there are exact
     box = _crop_box(pred | gt)
     sp_pred, sp_gt = surface(pred[box]), surface(gt[box])
-    ndimage = _ndimage()
-    to_gt = ndimage.distance_transform_edt(~sp_gt, sampling=sp)[sp_pred]
-    to_pred = ndimage.distance_transform_edt(~sp_pred, sampling=sp)[sp_gt]
+    nd = ndimage()
+    to_gt = nd.distance_transform_edt(~sp_gt, sampling=sp)[sp_pred]
+    to_pred = nd.distance_transform_edt(~sp_pred, sampling=sp)[sp_gt]
     matched = int((to_gt <= tolerance).sum()) + int((to_pred <= tolerance).sum())
     return matched / (to_gt.size + to_pred.size)
 

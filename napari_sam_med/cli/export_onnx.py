@@ -1,4 +1,4 @@
-"""``sam-med export-onnx`` and the speed options (``--precision`` / ``--fast``) of every command.
+"""``sam-med export-onnx``: the image encoder and prompt decoder as ONNX files.
 
     sam-med export-onnx --model lite_medsam -o lite_medsam_onnx/
     sam-med export-onnx --model runs/my_finetune.pt -o my_onnx/ --overwrite
@@ -11,15 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_MODEL
-
-
-def add_speed_args(model: argparse.ArgumentParser) -> None:
-    """``--precision fp32|bf16`` and its alias ``--fast`` on the model options."""
-    model.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                       help="bf16 = fast mode: image encoder under bfloat16 autocast")  # fmt: skip
-    model.add_argument("--fast", dest="precision", action="store_const", const="bf16",
-                       help="same as --precision bf16")  # fmt: skip
+from ..config import DEFAULT_MODEL
 
 
 def add_export_onnx(sub, common: argparse.ArgumentParser) -> None:
@@ -39,8 +31,8 @@ def add_export_onnx(sub, common: argparse.ArgumentParser) -> None:
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     """Export, validate against PyTorch, and print where the files went."""
-    from .build import build_sam
-    from .onnx_export import export_onnx, require_onnx
+    from ..build import build_sam
+    from ..onnx_export import export_onnx, require_onnx
 
     require_onnx()  # fail before loading a large checkpoint
     if args.out.exists() and not args.overwrite:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam_med.bench3d.metrics import auc, dice, nsd, surface
+from napari_sam_med.metrics import auc, dice, nsd, surface
 
 scipy_ndimage = pytest.importorskip("scipy.ndimage")
 

@@ -1,19 +1,12 @@
-"""``sam-med``: batch segmentation from the command line (thin over :mod:`napari_sam_med.volume`).
-
-Commands::
+"""``sam-med segment``: one image with prompts, or a manifest of cases (optionally sharded
+over torchrun ranks).
 
     sam-med segment IMAGE --box3d X0 Y0 Z0 X1 Y1 Z1 -o OUT.nii.gz [--qc DIR]
     sam-med segment IMAGE --text "tumour" [--text-slices Z0 Z1] --model TEXT.pt -o OUT.nii.gz
     sam-med segment --manifest cases.json --out-dir D [--resume] [--qc DIR]
-    sam-med precompute IMAGE [IMAGE ...]
-    sam-med auto IMAGE -o OUT.nii.gz
-    sam-med info
-    sam-med evaluate DATASET --models A B      (napari_sam_med.cli_extra)
-    sam-med export --out-dir DS --pair IMAGE LABEL ...
 
 Scale-out: ``torchrun --nproc_per_node N -m napari_sam_med.cli segment --manifest ...``
 gives every rank every N-th case and one device; rank 0 prints the merged summary.
-See ``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -22,50 +15,21 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from .cli_extra import load_model, model_cache
-from .config import DEFAULT_MODEL
+from .options import add_output_args, load_model, model_cache
 
 logger = logging.getLogger(__name__)
 _BOX3D = ("X0", "Y0", "Z0", "X1", "Y1", "Z1")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``sam-med``; returns the exit code (0 ok, 1 a case failed, 2 a usage/input error)."""
-    args = build_parser().parse_args(argv)
-    level = logging.DEBUG if args.verbose > 1 else (logging.INFO if args.verbose else 30)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("sam-med: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, OSError) as exc:  # VolumeError, CheckpointError, ManifestError, ...
-        if args.debug:
-            raise
-        from .volume.segment import error_line
-
-        print(f"sam-med: error: {error_line(exc)}", file=sys.stderr)
-        return 2
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (sub-commands segment, precompute, auto, info, evaluate, export)."""
-    from .cli_onnx import add_export_onnx
-    from .cli_pacs import add_output_args, add_pacs_command
-
-    p = argparse.ArgumentParser(prog="sam-med", description="Segment Anything for CT/MRI tumours.")
-    sub = p.add_subparsers(dest="command", required=True)
-    common, model, cache = _parent_parsers()
-    from .cli_extra import add_commands, cmd_info, cmd_precompute, output_options, volume_options
-
-    vol, out = volume_options(), output_options()
+def add_command(sub: Any, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """Add ``segment`` (with ``parents``: model, cache, volume and output options); returns
+    its parser, which ``sam-med pacs segment`` copies."""
     s = sub.add_parser(
-        "segment", parents=[model, cache, vol, out], help="segment objects from prompts"
+        "segment", parents=parents, help="segment objects from prompts"
     )
     s.add_argument("image", nargs="?", help="image file or DICOM folder (or use --manifest)")
     s.add_argument("--manifest", type=Path, help="JSON manifest of cases (see docs/cli.md)")
@@ -88,68 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="skip cases whose output is complete")
     s.add_argument("--summary", type=Path, help="also write the summary as JSON here")
     s.add_argument("--dist-timeout-hours", type=float, default=48.0, help=argparse.SUPPRESS)
-    add_output_args(s)  # --format seg|rtstruct, --overwrite (cli_pacs)
+    add_output_args(s)  # --format seg|rtstruct, --overwrite (options.py)
     s.set_defaults(func=cmd_segment)
-
-    pc = sub.add_parser(
-        "precompute", parents=[model, cache, vol], help="fill the embedding cache"
-    )
-    pc.add_argument("images", nargs="+", help="image files or DICOM folders")
-    pc.add_argument("--slices", nargs=2, type=int, metavar=("Z0", "Z1"), help="inclusive range")
-    pc.set_defaults(func=cmd_precompute)
-
-    a = sub.add_parser(
-        "auto", parents=[model, vol, out], help="automatic masks, slice by slice, as labels"
-    )
-    a.add_argument("images", nargs="+", help="image files, DICOM folders or folders of volumes")
-    a.add_argument("-o", "--output", help="label file to write (one image)")
-    a.add_argument("--out-dir", help="batch: labels, QC PNGs and auto_report.json/.csv here")
-    a.add_argument("--slices", nargs=2, type=int, metavar=("Z0", "Z1"), help="inclusive range")
-    a.add_argument("--points-per-side", type=int, default=12, help="grid of prompts per side")
-    a.add_argument("--prompt-type", choices=("auto", "points", "boxes"), default="auto",
-                   help="auto: boxes for MedSAM/LiteMedSAM, points for SAM")  # fmt: skip
-    a.add_argument("--pred-iou-thresh", type=float, help="default 0.8 boxes / 0.88 points")
-    a.add_argument("--stability-thresh", type=float, help="default 0.8 boxes / 0.95 points")
-    a.add_argument("--link-iou", type=float, default=0.3, help="IoU joining masks across slices")
-    a.add_argument("--min-voxels", type=int, default=20, help="drop smaller 3D objects")
-    a.set_defaults(func=cmd_auto)
-
-    i = sub.add_parser("info", parents=[common], help="models, devices, cache location")
-    i.set_defaults(func=cmd_info)
-
-    add_commands(sub, common, model, out)  # evaluate, export, replay (the data engine)
-    add_export_onnx(sub, common)
-    add_pacs_command(sub, common, s, cmd_segment)
-    return p
-
-
-def _parent_parsers() -> tuple[argparse.ArgumentParser, ...]:
-    """The shared option groups: ``common`` (-v, --debug), ``model`` (+ --model, --device,
-    --precision/--fast, --preset, --modality, --no-progress) and ``cache`` (--cache-dir,
-    --no-disk-cache)."""
-    from .cli_onnx import add_speed_args
-
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    common.add_argument("--debug", action="store_true", help="show tracebacks")
-    model = argparse.ArgumentParser(add_help=False, parents=[common])
-    model.add_argument("--model", default=DEFAULT_MODEL, help="registry name/checkpoint/ONNX dir")
-    model.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps")
-    add_speed_args(model)  # --precision / --fast
-    model.add_argument("--preset", help="intensity preset (default: from the modality)")
-    model.add_argument("--modality", help="CT or MR, to guess the preset (manifest: default)")
-    model.add_argument("--no-progress", action="store_true", help="no progress bars")
-    cache = argparse.ArgumentParser(add_help=False)
-    cache.add_argument("--cache-dir", type=Path, help="embedding cache (default: user cache)")
-    cache.add_argument("--no-disk-cache", action="store_true", help="keep embeddings in memory")
-    return common, model, cache
+    return s
 
 
 # ---------------------------------------------------------------------------- segment
 def cmd_segment(args: argparse.Namespace) -> int:
     """``sam-med segment``: one image with prompts, or a manifest of cases."""
-    from .outputs import check_output
-    from .volume.qc import summary_table, write_json_atomic
+    from ..outputs import check_output, write_json_atomic
+    from ..volume.qc import summary_table
 
     cases = _cases_from_args(args)
     if args.summary:  # a resumed batch rewrites its own summary
@@ -183,7 +95,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _cases_from_args(args: argparse.Namespace) -> list:
-    from .volume.manifest import load_manifest, parse_manifest
+    from ..volume.manifest import load_manifest, parse_manifest
 
     prompts = args.box3d or args.box or args.points or args.slice is not None or args.text
     if args.text_slices is not None and (
@@ -246,8 +158,8 @@ def _check_text_support(cases: list, model: Any, model_arg: str) -> None:
     its text encoder loads."""
     if not any(o.text for c in cases for o in c.objects):
         return
-    from .build import CheckpointError
-    from .predictor import SamPredictor
+    from ..build import CheckpointError
+    from ..predictor import SamPredictor
 
     predictor = SamPredictor(model)
     if not predictor.supports_text:
@@ -263,8 +175,8 @@ def _check_text_support(cases: list, model: Any, model_arg: str) -> None:
 
 def _run_with_progress(cases, model, args, kwargs, quiet: bool) -> list:
     """Run the cases with a per-case bar and a per-slice bar (tqdm, on stderr)."""
-    from .cli_progress import CaseBars
-    from .volume.segment import run_cases
+    from ..volume.segment import run_cases
+    from .progress import CaseBars
 
     bars = CaseBars(len(cases), disable=args.no_progress or quiet)
     results = []
@@ -312,70 +224,3 @@ def _finish_dist() -> None:
 
     dist.barrier()
     dist.destroy_process_group()
-
-
-# ------------------------------------------------------------------ other commands
-def cmd_auto(args: argparse.Namespace) -> int:
-    """``sam-med auto``: automatic masks slice by slice, linked into 3D labels (one or a batch)."""
-    from functools import partial
-
-    from .amg import settings_for_model
-    from .cli_progress import LazyBar
-    from .outputs import check_output
-    from .volume.auto import find_volumes, run_auto_batch
-    from .volume.io import write_labels
-    from .volume.segment import resolve_preset, segment_automatic
-
-    if bool(args.output) == bool(args.out_dir):
-        raise SystemExit("sam-med auto: give -o FILE (one image) or --out-dir DIR (a batch)")
-    if args.output:
-        check_output(args.output, args.overwrite)
-    images = find_volumes(args.images)
-    if not images:
-        raise SystemExit(f"sam-med auto: no volumes found in {args.images}")
-    if args.output and len(images) != 1:
-        raise SystemExit(f"sam-med auto: -o takes one image, found {len(images)}; use --out-dir")
-    model = load_model(args)
-    amg = settings_for_model(
-        model.config.name, args.prompt_type, args.pred_iou_thresh, args.stability_thresh
-    )
-    bar = LazyBar(args.no_progress, desc="slices", unit="slice")
-
-    def on_progress(ev) -> None:
-        bar.progress(ev.done, ev.total)
-
-    segment = partial(
-        segment_automatic, slices=args.slices, link_iou=args.link_iou,
-        min_voxels=args.min_voxels, on_progress=on_progress,
-        points_per_side=args.points_per_side, **amg,
-    )  # fmt: skip
-
-    def preset_for(vol) -> str:
-        return resolve_preset(args.preset, args.modality, vol)
-
-    if args.output:
-        from .volume.io import read_volume
-
-        vol = read_volume(images[0], args.series_uid, args.component,
-                          nonfinite_fill=args.nonfinite_fill)  # fmt: skip
-        labels = segment(model, vol, preset_for(vol))
-        bar.close()
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        write_labels(labels, vol, args.output, overwrite=args.overwrite)
-        print(f"{args.output}: {int(labels.max())} objects, {int((labels > 0).sum())} voxels")
-        return 0
-    report = run_auto_batch(
-        model, images, args.out_dir, segment, preset_for,
-        on_case=lambda i, n, name: bar.describe(f"{name} ({i + 1}/{n})"),
-        overwrite=args.overwrite, nonfinite_fill=args.nonfinite_fill,
-    )  # fmt: skip
-    bar.close()
-    for r in report:
-        objs = r.get("objects", [])
-        print(f"{r['case']}: {r['status']}, {len(objs)} objects, {r['seconds']} s {r['error']}")
-    print(f"report: {Path(args.out_dir) / 'auto_report.csv'}")
-    return 0 if all(r["status"] != "error" for r in report) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
