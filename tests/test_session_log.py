@@ -12,13 +12,9 @@ import numpy as np
 import pytest
 
 from napari_sam_med.cli import main
-from napari_sam_med.volume.session_log import (
-    compare_labels,
-    final_objects,
-    load_session_log,
-    replay_objects,
-    validate_session_log,
-)
+from napari_sam_med.volume.log_replay import compare_labels, replay_objects
+from napari_sam_med.volume.log_state import final_objects
+from napari_sam_med.volume.session_log import load_session_log, validate_session_log
 
 
 def _log(*events, **extra) -> dict:

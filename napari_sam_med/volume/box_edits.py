@@ -1,9 +1,6 @@
-"""Clicks as edits of a box, for models trained on boxes only (``click_mode="box"``), and the
-one check of a 2D box prompt ``[x0, y0, x1, y1]``."""
+"""Clicks as edits of a box, for models trained on boxes only (``click_mode="box"``)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 
@@ -20,11 +17,4 @@ def edit_box(box: np.ndarray, points: np.ndarray, labels: np.ndarray, margin: fl
             gaps = [x - b[0], y - b[1], b[2] - x, b[3] - y]
             side = int(np.argmin(gaps))
             b[side] = (x, y, x, y)[side] + (1.0 if side < 2 else -1.0)
-    return b
-
-
-def corner_box(box: Any) -> np.ndarray:
-    b = np.asarray(box, dtype=np.float32).ravel()
-    if b.shape != (4,):
-        raise ValueError(f"box must be [x0, y0, x1, y1]; got {np.asarray(box).tolist()}")
     return b
