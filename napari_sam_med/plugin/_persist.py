@@ -175,7 +175,7 @@ def _replay_paint(session: Session, ev: dict[str, Any]) -> None:
 def _replay_proposal(session: Session, engine: Any, ev: dict[str, Any]) -> None:
     from ._proposals import Proposal
 
-    z, prompt = int(ev["z"]), ev.get("prompt") or {}
+    z, prompt = int(ev["z"]), coerce(ev.get("prompt"))
     pred = engine.preview(z, prompt).chosen
     prop = Proposal(z, pred, prompt)
     if ev["action"] == "reject_proposal":
@@ -185,7 +185,7 @@ def _replay_proposal(session: Session, engine: Any, ev: dict[str, Any]) -> None:
         from ..volume.objects import ObjectSegmentation
 
         obj = ObjectSegmentation(1, "proposal")
-        obj.key_prompts = {z: coerce(prompt)}
+        obj.key_prompts = {z: prompt}
         for _ in engine.propagator({z: pred}).key_slices(obj):
             pass
         prop.slices = dict(obj.slices)
