@@ -126,3 +126,15 @@ def test_clipping_orders_the_box_and_moves_clicks_onto_the_slice() -> None:
     assert c.points == ((0.0, 5.0), (47.0, 39.0)) and c.point_labels == (1, 0)
     inside = SlicePrompt(box=(1, 2, 3, 4), text="t")
     assert inside.clipped((40, 48)) == inside
+
+
+def test_prompts_and_session_logs_are_read_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import napari_sam_med.volume.prompt, napari_sam_med.volume.log_state,"
+        " napari_sam_med.volume.session_log; print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
