@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..volume.prompt import SlicePrompt
+from ..volume.prompt import SlicePrompt, coerce
 from ._state import box_around
 
 
@@ -59,6 +59,9 @@ class Proposal:
     prompt: SlicePrompt
     point: list[float] | None = None
     slices: dict[int, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.prompt = coerce(self.prompt, "proposal prompt")  # its JSON form is read too
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly description for the log."""
