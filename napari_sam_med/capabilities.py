@@ -80,3 +80,10 @@ def engine_rules(model: Any) -> dict[str, Any]:
     if given.get("repropagate") in REPROPAGATE_MODES:
         out["repropagate"] = given["repropagate"]
     return out
+
+
+def trained_with_clicks(model: object) -> bool:
+    """Whether ``model``'s checkpoint was fine-tuned with corrective clicks by ``training/``
+    (its metadata says so)."""
+    meta = getattr(model, "checkpoint_metadata", None) or {}
+    return isinstance(meta.get("training"), dict) and model_capabilities(model).clicks

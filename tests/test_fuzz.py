@@ -30,7 +30,8 @@ from napari_sam_med.errors import PromptError, SamMedError
 from napari_sam_med.predictor import SamPredictor
 from napari_sam_med.volume.geometry import Volume
 from napari_sam_med.volume.io import read_volume
-from napari_sam_med.volume.manifest import load_manifest, object_prompts
+from napari_sam_med.volume.manifest import load_manifest
+from napari_sam_med.volume.voxel_prompts import object_prompts
 
 RAN: Counter[str] = Counter()
 MEMORY_BUDGET_MB = 200

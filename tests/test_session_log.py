@@ -12,13 +12,9 @@ import numpy as np
 import pytest
 
 from napari_sam_med.cli import main
-from napari_sam_med.volume.session_log import (
-    compare_labels,
-    final_objects,
-    load_session_log,
-    replay_objects,
-    validate_session_log,
-)
+from napari_sam_med.volume.log_replay import compare_labels, replay_objects
+from napari_sam_med.volume.log_state import final_objects
+from napari_sam_med.volume.session_log import load_session_log, validate_session_log
 
 
 def _log(*events, **extra) -> dict:
@@ -96,32 +92,46 @@ def test_final_objects_follow_undo_redo_relabel_and_delete() -> None:
     assert b.model_prompts[4]["points"] == [[3, 3]] and b.prompts[4] == box and not b.propagated
 
 
+def _blob_engine(tiny_model, seed: int):
+    """A ``(5, 40, 48)`` noisy volume with a bright box (and, for seeds > 0, a second one) and
+    an ``Engine`` of the tiny model on it."""
+    from napari_sam_med.plugin._engine import Engine
+
+    img = np.random.default_rng(seed).normal(0, 5, (5, 40, 48)).astype(np.float32)
+    img[1:4, 10:25, 12:30] += 60
+    if seed:
+        img[1:3, 28:36, 34:44] += 40
+    return img, Engine(tiny_model, img, "minmax", None, {"name": "tiny"})
+
+
+def _box_object_in_3d(s, engine) -> dict:
+    """Object 1 of session ``s``: a box on slice 2, propagated in 3D and committed."""
+    box = {"box": [12.0, 10.0, 29.0, 24.0]}
+    s.new_object("box")
+    s.set_prompt(1, 2, box, engine.preview(2, box))
+    job = s.segment3d_job(engine)
+    list(job.steps)
+    s.finish_job(job)
+    s.commit()
+    return box
+
+
 @pytest.fixture
 def recorded(tmp_path: Path, tiny_model):
     """A plugin session on a small volume (tiny model): one box object propagated in 3D, one
     point object with a chosen candidate, both committed; saved as labels + log."""
     from napari_sam_med import save_checkpoint
     from napari_sam_med.plugin import _persist
-    from napari_sam_med.plugin._engine import Engine
     from napari_sam_med.plugin._session import Session
     from napari_sam_med.volume.geometry import Volume
     from napari_sam_med.volume.io import write_labels, write_volume
 
-    rng = np.random.default_rng(0)
-    img = rng.normal(0, 5, (5, 40, 48)).astype(np.float32)
-    img[1:4, 10:25, 12:30] += 60
+    img, engine = _blob_engine(tiny_model, 0)
     image = write_volume(Volume(img, (0.8, 0.8, 2.0)), tmp_path / "case.nii.gz")
     ckpt = save_checkpoint(tiny_model, tmp_path / "tiny.pt")
-    engine = Engine(tiny_model, img, "minmax", None, {"name": "tiny"})
     s = Session(img.shape, (0.8, 0.8, 2.0), {"path": str(image), "shape_zyx": list(img.shape)})
     s.model_info, s.preset = dict(engine.model_info), engine.preset
-    s.new_object("box")
-    prompt = {"box": [12.0, 10.0, 29.0, 24.0]}
-    s.set_prompt(1, 2, prompt, engine.preview(2, prompt))
-    job = s.segment3d_job(engine)
-    list(job.steps)
-    s.finish_job(job)
-    s.commit()
+    _box_object_in_3d(s, engine)
     s.new_object("point")
     prompt = {"points": [[20.0, 15.0]], "point_labels": [1]}
     s.set_prompt(2, 1, prompt, engine.preview(1, prompt))
@@ -189,3 +199,79 @@ def test_replay_command_errors_are_clear(recorded, tmp_path: Path, capsys) -> No
     moved.write_text(json.dumps(log))
     assert main(["replay", str(moved), "--model", "tiny", "--out", str(tmp_path / "x")]) == 2
     assert "recorded on an image of shape [9, 9, 9]" in capsys.readouterr().err
+
+
+def test_plugin_undo_redo_and_replay_give_identical_objects_from_one_log(tiny_model) -> None:
+    """One log, three readers: the live session's undo/redo, the plugin's replay and
+    ``sam-med replay``'s reducer end with the same objects and the same labels."""
+    from napari_sam_med.plugin import _persist
+    from napari_sam_med.plugin._session import Session
+
+    img, engine = _blob_engine(tiny_model, 3)
+    s = Session(img.shape)
+    s.model_info, s.preset = dict(engine.model_info), engine.preset
+    box = _box_object_in_3d(s, engine)
+    s.new_object("point")
+    pts = {"points": [[38.0, 31.0], [20.0, 15.0]], "point_labels": [1, 0]}
+    s.set_prompt(2, 1, pts, engine.preview(1, s.model_prompt(2, 1, pts)))
+    s.cycle_candidate(1)
+    s.cycle_candidate(1)
+    assert s.undo() == "candidate" and s.redo() == "candidate" and s.undo() == "candidate"
+    s.commit()
+    s.rename(2, "second")
+    s.new_object("dropped")
+    s.set_prompt(3, 3, box, engine.preview(3, box))
+    s.commit()
+    assert s.undo() == "commit" and s.undo() == "prompt"
+    s.delete_object(3)
+    log = validate_session_log(json.loads(json.dumps(_persist.session_log(s))))
+
+    state = final_objects(log)
+    again = _persist.replay(log, engine)
+    steps = replay_objects(state, engine.locked())
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            result = stop.value
+            break
+
+    def plugin_view(session):
+        return {
+            o.label: (o.name, list(o.color), o.committed, o.propagated, o.prompts)
+            for o in session.objects
+        }
+
+    reduced = {
+        r.label: (r.name, r.color, r.committed, r.propagated, r.prompts)
+        for r in state.objects.values()
+    }
+    assert plugin_view(s) == plugin_view(again) == reduced
+    assert sorted(reduced) == [1, 2] and reduced[2][0] == "second"
+    assert state.objects[2].candidates == {1: 0}  # the undone second cycle is not kept
+    np.testing.assert_array_equal(again.labels, s.labels)
+    np.testing.assert_array_equal(result.labels, s.labels)
+    assert set(np.unique(s.labels)) == {0, 1, 2}
+
+
+def test_restore_takes_names_and_colours_from_the_reducer() -> None:
+    """An autosave's objects get the name and colour the log's events leave them with, even
+    when the log carries no object list (older logs)."""
+    from napari_sam_med.plugin import _persist
+    from napari_sam_med.plugin._session import Session
+
+    labels = np.zeros((2, 6, 6), np.uint16)
+    labels[0, 1:3, 1:3], labels[1, 3:5, 3:5] = 1, 4
+    log = _log(
+        {"action": "new_object", "label": 1, "name": "a", "color": [1, 0, 0, 1]},
+        {"action": "rename", "label": 1, "name": "liver"},
+        {"action": "new_object", "label": 4, "name": "b"},
+        {"action": "color", "label": 4, "color": [0, 0, 1, 1]},
+        {"action": "undo"},
+    )
+    s = Session(labels.shape)
+    _persist.restore(s, {"labels": labels, "log": validate_session_log(log)})
+    got = {o.label: (o.name, o.color, o.committed, o.source) for o in s.objects}
+    assert got[1] == ("liver", (1.0, 0.0, 0.0, 1.0), True, "restored")
+    assert got[4][0] == "b" and got[4][1] != (0.0, 0.0, 1.0, 1.0)  # the colour was undone
+    np.testing.assert_array_equal(s.labels, labels)

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..masks import mask_box
 from ..metrics import ndimage
+from ..volume.prompt import SlicePrompt
 from . import STARTS
 
 
@@ -80,21 +81,21 @@ def interior_point(
 
 def start_prompt(
     start: str, gt: np.ndarray, rng: np.random.Generator | None = None, sampling=(1.0, 1.0)
-) -> tuple[int | None, dict]:
+) -> tuple[int | None, dict | SlicePrompt]:
     """The starting prompt of ``start`` for a ``(Z, Y, X)`` ground truth.
 
     Returns:
-        ``(None, {"box3d": [...]})`` for ``box3d``; ``(z, key_prompt)`` for ``box2d``
-        (``{"box": [...]}``) and ``point`` (``{"points": [[x, y]], "point_labels": [1]}``).
+        ``(None, {"box3d": [...]})`` for ``box3d``; ``(z, key_prompt)`` (a
+        :class:`SlicePrompt`) for ``box2d`` (a box) and ``point`` (one positive click).
     """
     if start == "box3d":
         return None, {"box3d": box3d_of(gt)}
     z = largest_slice(gt)
     if start == "box2d":
-        return z, {"box": [float(v) for v in mask_box(gt[z])]}
+        return z, SlicePrompt(box=mask_box(gt[z]))
     if start == "point":
         x, y = interior_point(gt[z], rng, sampling)
-        return z, {"points": [[float(x), float(y)]], "point_labels": [1]}
+        return z, SlicePrompt(points=((x, y),), point_labels=(1,))
     raise ValueError(f"start {start!r}; expected one of {', '.join(STARTS)}")
 
 

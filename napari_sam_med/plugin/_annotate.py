@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ._state import LabelEdit, SessionObject, color_for, touch
+from ._state import LabelEdit, SessionObject, clean_prompt, color_for, touch
 
 
 class AnnotateMixin:
@@ -75,7 +75,7 @@ class AnnotateMixin:
 
         event = {"action": "paint", "edits": edits, "objects": changes, "created": created}
         self._do("paint", fn, event)
-        return self._undo[-1].edit
+        return self.history.last.edit
 
     def _apply_edit(
         self, o: SessionObject, change: dict[str, int], index: np.ndarray, after: np.ndarray
@@ -117,8 +117,7 @@ class AnnotateMixin:
         label = next(i for i in range(1, len(used) + 2) if i not in used)
         obj = SessionObject(_new_seg(label, f"proposal {label}"), color_for(label))
         obj.source, z = "proposal", proposal.z
-        obj.prompts[z] = copy.deepcopy(proposal.prompt)
-        obj.seg.key_prompts[z] = copy.deepcopy(proposal.prompt)
+        obj.prompts[z] = obj.seg.key_prompts[z] = clean_prompt(proposal.prompt)
         obj.pins[z] = proposal.pred
         if proposal.slices:
             obj.seg.slices, obj.propagated = dict(proposal.slices), True
@@ -151,7 +150,7 @@ class AnnotateMixin:
         out = self.summary(label)
         out.update(
             source=o.source,
-            prompts={str(z): p for z, p in sorted(o.prompts.items())},
+            prompts={str(z): p.to_json() for z, p in sorted(o.prompts.items())},
             edits={str(z): e for z, e in sorted(o.edits.items())},
             time=o.time_spent(),
         )

@@ -5,7 +5,7 @@ SAM-Med widget (a mixin).
   into an MSD-style dataset through ``napari_sam_med.export`` (the code of
   ``sam-med export``), in a worker.
 * "Compare with model" replays a saved session log with the model loaded now
-  (``volume.session_log.replay_objects``): the new masks appear in *SAM-Med replay* beside
+  (``volume.log_replay.replay_objects``): the new masks appear in *SAM-Med replay* beside
   the logged ones, with the per-object Dice in the table.
 """
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from ..volume.prompt import SlicePrompt
+
 logger = logging.getLogger(__name__)
 
 
@@ -38,7 +40,7 @@ class Preview:
     """
 
     z: int
-    prompt: dict[str, Any]
+    prompt: SlicePrompt
     candidates: list[Any] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     index: int = 0
@@ -142,12 +144,12 @@ class Engine:
         """Fill the cache; yields ``(done, total, z)`` per slice."""
         yield from self.segmenter.precompute(slices)
 
-    def predict(self, z: int, **kwargs: Any) -> Any:
+    def predict(self, z: int, prompt: SlicePrompt | None = None, **kwargs: Any) -> Any:
         """``SliceSegmenter.predict`` under the decoding lock."""
         with self.lock:
-            return self.segmenter.predict(z, **kwargs)
+            return self.segmenter.predict(z, prompt, **kwargs)
 
-    def preview(self, z: int, prompt: dict[str, Any]) -> Preview:
+    def preview(self, z: int, prompt: SlicePrompt | dict[str, Any]) -> Preview:
         """Predict slice ``z`` from a prompt, with the three ambiguity candidates."""
         steps = self.preview_steps(z, prompt)
         while True:
@@ -156,7 +158,7 @@ class Engine:
             except StopIteration as stop:
                 return stop.value
 
-    def preview_steps(self, z: int, prompt: dict[str, Any]) -> Iterator[Preview]:
+    def preview_steps(self, z: int, prompt: SlicePrompt | dict[str, Any]) -> Iterator[Preview]:
         """Like :meth:`preview`, but yields the mask to show first and returns the complete
         :class:`Preview` (with all candidates) afterwards.
 
@@ -164,11 +166,12 @@ class Engine:
         decoder pass). A box or several points default to the single-mask output, which is
         yielded at once; the three ambiguity masks are decoded afterwards and the returned
         preview lists them before the ``auto`` (single-mask) candidate, which stays chosen.
-        (The rule lives in ``volume.session_log.candidate_steps``, shared with the replay.)
+        (The rule lives in ``volume.candidates.candidate_steps``, shared with the replay.)
         """
-        from ..volume.session_log import candidate_steps
+        from ..volume.candidates import candidate_steps
+        from ..volume.prompt import coerce
 
-        full = None
+        prompt, full = coerce(prompt), None
         for preds, names, index in candidate_steps(self.locked(), z, prompt):
             if full is None:
                 yield Preview(int(z), prompt, preds, names, index)  # the first mask, at once
@@ -177,9 +180,9 @@ class Engine:
 
     def propagator(self, pins: dict[int, Any]) -> Any:
         """A ``Propagator`` whose key slices use ``pins`` (z -> the mask the user accepted)."""
-        from ..volume.session_log import pinned_propagator
+        from ..volume.propagate import Propagator, pinned
 
-        return pinned_propagator(self.locked(), pins)
+        return Propagator(self.locked(), key_predictor=pinned(pins))
 
     def locked(self) -> Any:
         """The segmenter with ``predict`` under this engine's decoding lock (for the volume
@@ -193,8 +196,8 @@ class _LockedSegmenter:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def predict(self, z: int, **kwargs: Any) -> Any:
-        return self._engine.predict(z, **kwargs)
+    def predict(self, z: int, prompt: SlicePrompt | None = None, **kwargs: Any) -> Any:
+        return self._engine.predict(z, prompt, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine.segmenter, name)

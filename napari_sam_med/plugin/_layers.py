@@ -13,9 +13,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from ..volume.prompt import SlicePrompt, coerce
 
 GEOMETRY_KEY = "sam_med_geometry"
 POSITIVE = (0.1, 0.9, 0.2, 1.0)
@@ -85,19 +88,18 @@ def spacing_xyz(image_layer: Any) -> tuple[float, float, float] | None:
 # ------------------------------------------------------------------- prompts
 
 
-def prompts_from_layers(points_layer: Any, shapes_layer: Any) -> dict[int, dict[str, Any]]:
-    """All prompts on the layers, per slice: ``{z: {"points", "point_labels", "box"}}``."""
+def prompts_from_layers(points_layer: Any, shapes_layer: Any) -> dict[int, SlicePrompt]:
+    """All prompts on the layers, per slice (points and the last box drawn on it)."""
     from ..preprocessing import zyx_to_slice_xy  # lazily: it imports torch
 
-    out: dict[int, dict[str, Any]] = {}
+    out: dict[int, SlicePrompt] = {}
     pts = np.asarray(points_layer.data)
     if len(pts):
         labels = _point_labels(points_layer, len(pts))
         zs, xy = zyx_to_slice_xy(pts[:, -_ndim(points_layer) :])
-        for z, p, lab in zip(zs.tolist(), xy.tolist(), labels.tolist(), strict=True):
-            d = out.setdefault(int(z), {"points": [], "point_labels": []})
-            d["points"].append(p)
-            d["point_labels"].append(int(lab))
+        for z in sorted(set(zs.tolist())):
+            on = zs == z
+            out[int(z)] = SlicePrompt(points=xy[on], point_labels=labels[on])
     for verts, kind in zip(shapes_layer.data, shapes_layer.shape_type, strict=True):
         if kind != "rectangle" or len(verts) < 2:
             continue
@@ -106,7 +108,8 @@ def prompts_from_layers(points_layer: Any, shapes_layer: Any) -> dict[int, dict[
         x1, y1 = xy.max(axis=0)
         if x1 - x0 < 1 or y1 - y0 < 1:
             continue  # a box still being drawn, or a click without drag
-        out.setdefault(int(zs[0]), {})["box"] = [float(x0), float(y0), float(x1), float(y1)]
+        z = int(zs[0])
+        out[z] = out.get(z, SlicePrompt()).replace(box=(x0, y0, x1, y1))
     return out
 
 
@@ -122,18 +125,19 @@ def _point_labels(layer: Any, n: int) -> np.ndarray:
 
 
 def prompts_to_layers(
-    prompts: dict[int, dict[str, Any]], points_layer: Any, shapes_layer: Any
+    prompts: Mapping[int, SlicePrompt], points_layer: Any, shapes_layer: Any
 ) -> None:
     """Show ``prompts`` (``{z: prompt}``, SAM order) on the layers, replacing their content."""
     from ..preprocessing import slice_xy_to_zyx  # lazily: it imports torch
 
     pts, labs, boxes = [], [], []
     for z, p in sorted(prompts.items()):
-        if p.get("points"):
-            pts.append(_to_layer(slice_xy_to_zyx(z, p["points"]), points_layer))
-            labs.extend(int(v) for v in p["point_labels"])
-        if p.get("box"):
-            x0, y0, x1, y1 = p["box"]
+        p = coerce(p)
+        if p.points:
+            pts.append(_to_layer(slice_xy_to_zyx(z, np.asarray(p.points)), points_layer))
+            labs.extend(p.point_labels)
+        if p.box is not None:
+            x0, y0, x1, y1 = p.box
             corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], float)
             boxes.append(_to_layer(slice_xy_to_zyx(z, corners), shapes_layer))
     nd = _ndim(points_layer)

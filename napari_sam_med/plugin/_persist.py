@@ -7,7 +7,8 @@ voxels; objects carry their prompts, edited slices and time spent. Reading and v
 log is ``napari_sam_med.volume.session_log``'s job (shared with ``sam-med export`` and
 ``sam-med replay``). :func:`replay` runs the actions again through a fresh
 :class:`~._session.Session` with any model, so the masks can be regenerated with another
-checkpoint (the widget's "Replay log"; "Compare" uses ``session_log.replay_objects``).
+checkpoint (the widget's "Replay log"; "Compare" uses ``log_replay.replay_objects``). Its
+undo and redo follow the one rule of ``volume.log_state.History``, as the log's reducer does.
 
 Autosave writes the committed labels and the log into
 ``<cache folder>/autosave/<image content hash>/`` after every change of the labels map
@@ -28,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from ..outputs import replace_atomic
+from ..volume.log_state import final_objects
+from ..volume.prompt import coerce
 from ..volume.session_log import LOG_FORMAT, LOG_VERSION, load_session_log
 from ._session import Session
 
@@ -163,7 +166,7 @@ def _replay_paint(session: Session, ev: dict[str, Any]) -> None:
 def _replay_proposal(session: Session, engine: Any, ev: dict[str, Any]) -> None:
     from ._proposals import Proposal
 
-    z, prompt = int(ev["z"]), ev.get("prompt") or {}
+    z, prompt = int(ev["z"]), coerce(ev.get("prompt"))
     pred = engine.preview(z, prompt).chosen
     prop = Proposal(z, pred, prompt)
     if ev["action"] == "reject_proposal":
@@ -173,7 +176,7 @@ def _replay_proposal(session: Session, engine: Any, ev: dict[str, Any]) -> None:
         from ..volume.objects import ObjectSegmentation
 
         obj = ObjectSegmentation(1, "proposal")
-        obj.key_prompts = {z: dict(prompt)}
+        obj.key_prompts = {z: prompt}
         for _ in engine.propagator({z: pred}).key_slices(obj):
             pass
         prop.slices = dict(obj.slices)
@@ -221,8 +224,10 @@ def find_autosave(cache_dir: str | os.PathLike, image_hash: str) -> dict[str, An
 def restore(session: Session, saved: dict[str, Any]) -> None:
     """Load autosaved committed labels into ``session`` as committed objects.
 
-    Each label value becomes an object (name and colour from the log when known) whose
-    slices are read back from the labels; prompts are not restored.
+    Each label value becomes an object whose slices are read back from the labels; its name
+    and colour are those the log's events leave it with (``log_state.final_objects``, the
+    reducer ``sam-med replay`` uses too), else those of the log's object list. Prompts are
+    not restored.
     """
     from ..volume.slices import SlicePrediction
 
@@ -233,9 +238,13 @@ def restore(session: Session, saved: dict[str, Any]) -> None:
             f"image has {session.labels.shape}; they belong to another image"
         )
     meta = {int(o["label"]): o for o in saved["log"].get("objects", [])}
+    final = final_objects(saved["log"]).objects
     for value in sorted(int(v) for v in np.unique(labels) if v):
         info = meta.get(value, {})
-        obj = session.new_object(info.get("name"), value, info.get("color"))
+        rec = final.get(value)
+        name = rec.name if rec is not None else info.get("name")
+        color = rec.color if rec is not None and rec.color is not None else info.get("color")
+        obj = session.new_object(name, value, color)
         obj.source = "restored"
         for z in np.flatnonzero((labels == value).any(axis=(1, 2))):
             mask = labels[z] == value

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..masks import box_around
+from ..volume.prompt import SlicePrompt, coerce
 
 
 @dataclass
@@ -48,22 +49,25 @@ class Proposal:
     Attributes:
         z: the slice it was found on.
         pred: its ``SlicePrediction`` there (mask, predicted IoU, stability).
-        prompt: ``{"box": [x0, y0, x1, y1]}`` around the mask (what a replay prompts).
+        prompt: a box around the mask (what a replay prompts).
         point: the grid point that produced it, ``[x, y]``.
         slices: z -> ``SlicePrediction`` when propagated in 3D (else None).
     """
 
     z: int
     pred: Any
-    prompt: dict[str, Any]
+    prompt: SlicePrompt
     point: list[float] | None = None
     slices: dict[int, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.prompt = coerce(self.prompt, "proposal prompt")  # its JSON form is read too
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly description for the log."""
         out = {
             "z": self.z,
-            "prompt": self.prompt,
+            "prompt": self.prompt.to_json(),
             "iou": round(float(self.pred.iou), 4),
             "stability": round(float(self.pred.stability), 4),
             "area": self.pred.area,
@@ -175,7 +179,7 @@ def _proposal(z: int, rec: dict[str, Any]) -> Proposal:
     from ..volume.slices import SlicePrediction
 
     mask = np.asarray(rec["segmentation"], bool)
-    prompt = {"box": box_around(mask)}
+    prompt = SlicePrompt(box=box_around(mask))
     logits = np.zeros((1, 1), np.float32)
     pred = SlicePrediction(
         int(z), mask, logits, rec["predicted_iou"], rec["stability_score"], "proposal", prompt
@@ -188,7 +192,7 @@ def _propagate(engine: Any, p: Proposal) -> Iterator[tuple[int, int, str]]:
     from ..volume.objects import ObjectSegmentation
 
     obj = ObjectSegmentation(1, "proposal")
-    obj.key_prompts = {p.z: dict(p.prompt)}
+    obj.key_prompts = {p.z: p.prompt}
     for step in engine.propagator({p.z: p.pred}).key_slices(obj):
         yield step.done, step.total or 0, f"propagating (slice {step.z})"
     return dict(obj.slices)

@@ -13,7 +13,6 @@ runs again, possibly with another model.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable
@@ -22,13 +21,14 @@ from typing import Any
 import numpy as np
 
 from ..masks import box_around
+from ..volume.log_state import History
 from ._annotate import AnnotateMixin
 from ._state import (
-    MAX_UNDO,
     Action,
     Job,
     LabelEdit,
     SessionObject,
+    SlicePrompt,
     clean_prompt,
     color_for,
     touch,
@@ -62,8 +62,7 @@ class Session(AnnotateMixin):
         self.model_info: dict[str, Any] = {}
         self.preset = ""
         self.last_preview: tuple[int, Any] | None = None
-        self._undo: list[Action] = []
-        self._redo: list[Action] = []
+        self.history: History[Action] = History()
         self.clock: Callable[[], float] = time.monotonic  # tests substitute a fake clock
         self._t0 = self.clock()
 
@@ -92,11 +91,11 @@ class Session(AnnotateMixin):
 
     @property
     def can_undo(self) -> bool:
-        return bool(self._undo)
+        return bool(self.history.undo_stack)
 
     @property
     def can_redo(self) -> bool:
-        return bool(self._redo)
+        return bool(self.history.redo_stack)
 
     # ------------------------------------------------------------ undo / redo
     def _state(self) -> tuple[list[SessionObject], int | None]:
@@ -114,27 +113,24 @@ class Session(AnnotateMixin):
         event.setdefault("t", self.elapsed())
         before = self._state()
         edit = fn()
-        self._undo.append(Action(name, before, self._state(), edit))
-        del self._undo[:-MAX_UNDO]
-        self._redo.clear()
+        self.history.record(Action(name, before, self._state(), edit))
         self.events.append(event)
 
     def undo(self) -> str | None:
         """Undo the last change; returns its name (None when there is nothing to undo)."""
-        return self._step_history(self._undo, self._redo, forward=False)
+        return self._step_history(forward=False)
 
     def redo(self) -> str | None:
         """Redo the last undone change; returns its name (None when there is none)."""
-        return self._step_history(self._redo, self._undo, forward=True)
+        return self._step_history(forward=True)
 
-    def _step_history(self, source: list[Action], target: list[Action], forward: bool):
-        if not source:
+    def _step_history(self, forward: bool) -> str | None:
+        act = self.history.redo() if forward else self.history.undo()
+        if act is None:
             return None
-        act = source.pop()
         self._restore(act.after if forward else act.before)
         if act.edit is not None:
             self.labels.flat[act.edit.index] = act.edit.after if forward else act.edit.before
-        target.append(act)
         self.last_preview = None
         self.events.append({"action": "redo" if forward else "undo", "t": self.elapsed()})
         return act.name
@@ -239,7 +235,7 @@ class Session(AnnotateMixin):
             return self._commit_voxels(o)
 
         self._do("commit", fn, event)
-        return int(len(self._undo[-1].edit.index))
+        return int(len(self.history.last.edit.index))
 
     def _commit_voxels(self, o: SessionObject) -> LabelEdit:
         """Write ``o`` into the labels (its old voxels cleared, other objects kept)."""
@@ -258,7 +254,9 @@ class Session(AnnotateMixin):
         return LabelEdit(index, before, after)
 
     # ----------------------------------------------------------------- prompts
-    def set_prompt(self, label: int, z: int, prompt: dict[str, Any], preview: Any) -> None:
+    def set_prompt(
+        self, label: int, z: int, prompt: SlicePrompt | dict[str, Any], preview: Any
+    ) -> None:
         """Accept a 2D preview for the user prompt on slice ``z`` (``preview`` None clears)."""
         o, z = self.obj(label), int(z)
         prompt = clean_prompt(prompt)
@@ -271,7 +269,7 @@ class Session(AnnotateMixin):
                     o.seg.slices.pop(z, None)
                 return
             o.prompts[z] = prompt
-            o.seg.key_prompts[z] = copy.deepcopy(preview.prompt)
+            o.seg.key_prompts[z] = preview.prompt
             self._pin(o, z, preview.chosen)
             touch(o, self.clock())
 
@@ -279,12 +277,12 @@ class Session(AnnotateMixin):
             "action": "prompt",
             "label": o.label,
             "z": z,
-            "prompt": prompt,
+            "prompt": prompt.to_json(),
             "model": self.model_info.get("name"),
             "preset": self.preset,
         }
         if preview is not None and clean_prompt(preview.prompt) != prompt:
-            event["model_prompt"] = clean_prompt(preview.prompt)  # with a context box
+            event["model_prompt"] = clean_prompt(preview.prompt).to_json()  # a context box
         self._do("prompt", fn, event)
         self.last_preview = (o.label, preview) if preview is not None else None
 
@@ -314,17 +312,17 @@ class Session(AnnotateMixin):
         else:
             o.seg.slices.pop(z, None)
 
-    def model_prompt(self, label: int, z: int, prompt: dict[str, Any]) -> dict[str, Any]:
+    def model_prompt(self, label: int, z: int, prompt: dict[str, Any]) -> SlicePrompt:
         """The prompt the model sees: the user's, plus a box around the existing mask when the
         user only clicked points on a slice that 3D propagation had already segmented."""
         o, z = self.obj(label), int(z)
         out = clean_prompt(prompt)
         had = o.seg.slices.get(z)
-        if "box" not in out and out and o.propagated and had is not None and had.area:
+        if out.box is None and out and o.propagated and had is not None and had.area:
             if z in o.pins and "box" in o.seg.key_prompts.get(z, {}):
-                out["box"] = list(o.seg.key_prompts[z]["box"])
+                out = out.replace(box=o.seg.key_prompts[z]["box"])
             elif z not in o.pins:
-                out["box"] = box_around(had.mask, margin=3)
+                out = out.replace(box=box_around(had.mask, margin=3))
         return out
 
     # ----------------------------------------------------------------- 3D jobs

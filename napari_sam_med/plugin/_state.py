@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..volume.session_log import MAX_UNDO  # noqa: F401  (re-exported for the session)
+from ..volume.prompt import SlicePrompt, coerce
 
 # Distinct, colour-blind-friendly colours (Okabe-Ito), RGBA in 0..1, by label value.
 PALETTE = [
@@ -40,7 +40,7 @@ class SessionObject:
     Attributes:
         seg: the engine's ``ObjectSegmentation`` (label, name, slices, key_prompts).
         color: RGBA in 0..1.
-        prompts: z -> the user's prompt on that slice (``points``, ``point_labels``, ``box``).
+        prompts: z -> the user's :class:`SlicePrompt` on that slice.
         pins: z -> the ``SlicePrediction`` the user accepted on a prompted slice.
         propagated: whether "Segment 3D" has run (new prompts then re-propagate).
         committed: whether the object is in the labels map.
@@ -53,7 +53,7 @@ class SessionObject:
 
     seg: Any
     color: tuple[float, float, float, float]
-    prompts: dict[int, dict[str, Any]] = field(default_factory=dict)
+    prompts: dict[int, SlicePrompt] = field(default_factory=dict)
     pins: dict[int, Any] = field(default_factory=dict)
     propagated: bool = False
     committed: bool = False
@@ -78,7 +78,7 @@ class SessionObject:
         return SessionObject(
             seg,
             self.color,
-            copy.deepcopy(self.prompts),
+            dict(self.prompts),
             dict(self.pins),
             self.propagated,
             self.committed,
@@ -141,14 +141,6 @@ class Job:
     steps: Iterator[Any]
 
 
-def clean_prompt(prompt: dict[str, Any]) -> dict[str, Any]:
-    """A JSON-friendly copy holding only non-empty ``points``/``point_labels``/``box``/``text``."""
-    out: dict[str, Any] = {}
-    if prompt.get("points") is not None and len(prompt["points"]):
-        out["points"] = [[float(v) for v in p] for p in np.asarray(prompt["points"]).tolist()]
-        out["point_labels"] = [int(v) for v in np.asarray(prompt["point_labels"]).ravel()]
-    if prompt.get("box") is not None and len(prompt["box"]):
-        out["box"] = [float(v) for v in np.asarray(prompt["box"]).ravel()]
-    if isinstance(prompt.get("text"), str) and prompt["text"].strip():
-        out["text"] = prompt["text"].strip()
-    return out
+def clean_prompt(prompt: SlicePrompt | dict[str, Any] | None) -> SlicePrompt:
+    """The user's part of a prompt (points, box, text; no engine-derived fields), checked."""
+    return coerce(prompt).replace(box3d=None, edited_box=None)

@@ -205,7 +205,9 @@ def compare_log(
         ``(ReplayResult, per-object rows with Dice, where the logged labels came from)``.
     """
     from ..volume.io import read_volume
-    from ..volume.session_log import compare_labels, final_objects, labels_beside, replay_objects
+    from ..volume.log_replay import compare_labels, replay_objects
+    from ..volume.log_state import final_objects
+    from ..volume.session_log import labels_beside
 
     state = final_objects(log)
     result = yield from replay_objects(state, engine.locked())

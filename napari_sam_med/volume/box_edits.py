@@ -1,5 +1,5 @@
-"""Clicks as edits of a box, for models trained on boxes only (``click_mode="box"``), and the
-one check of a 2D box prompt ``[x0, y0, x1, y1]``."""
+"""Clicks as edits of a box: for models trained on boxes only (``click_mode="box"``), and the
+box a click-trained model gets with its clicks."""
 
 from __future__ import annotations
 
@@ -37,9 +37,3 @@ def union_box(a: Any, b: Any) -> list[float]:
     """The smallest ``[x0, y0, x1, y1]`` holding both boxes."""
     return [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
 
-
-def corner_box(box: Any) -> np.ndarray:
-    b = np.asarray(box, dtype=np.float32).ravel()
-    if b.shape != (4,):
-        raise ValueError(f"box must be [x0, y0, x1, y1]; got {np.asarray(box).tolist()}")
-    return b

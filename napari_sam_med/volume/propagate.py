@@ -14,101 +14,73 @@ Modes:
       volume's edge.
     * :meth:`Propagator.correct` - new points or a box on any slice: re-segment it and
       re-propagate outward only as far as the result changes.
+
+Key slices (the prompted ones) are predicted by the model, unless a ``key_predictor`` says
+otherwise: the public extension point for callers that already hold the mask the user
+accepted on a key slice (:func:`pinned`: the plugin and ``sam-med replay``) or that predict
+key slices their own way. Prompts are :class:`~.prompt.SlicePrompt` objects (dicts in their
+JSON form are read as such); the engine never adds keys to them, it replaces them (the 3D box
+a key slice came from, the box that clicks were turned into).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
 from ..capabilities import REPROPAGATE_MODES, engine_rules, model_capabilities
 from ..masks import box_around
 from ..metrics import dice
-from .box_edits import corner_box as _corner_box
 from .box_edits import edit_box as _edit_box
 from .box_edits import take_in_clicks, union_box
 from .objects import ObjectSegmentation
+from .prompt import SlicePrompt, check_box3d, coerce
+from .propagation_settings import Progress, PropagationSettings
 from .slices import SlicePrediction, SliceSegmenter
+from .stops import stop_reason
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class Progress:
-    """One step of a running job: ``done`` of ``total`` slices (total may be unknown)."""
-
-    done: int
-    total: int | None
-    z: int
-    message: str = ""
+KeyPredictor = Callable[[int, SlicePrompt, bool], "SlicePrediction | None"]
+"""``(z, prompt, correction) -> prediction``: a key slice's mask, or None to let the model
+predict it (``correction``: the slice was corrected after a 3D run)."""
 
 
-@dataclass
-class PropagationSettings:
-    """Knobs of the propagation (defaults tuned on the dev set; see benchmarks/).
+def pinned(pins: Mapping[int, SlicePrediction]) -> KeyPredictor:
+    """A key predictor keeping ``pins`` (z -> the mask the user accepted) on their slices."""
 
-    Attributes:
-        box_margin: pixels (on the model-input grid) added around the previous mask's box.
-        use_mask_prompt: feed the previous slice's low-res logits as the mask prompt while
-            propagating.
-        correction_mask_prompt: a correction passes the slice's own previous logits as the
-            mask prompt: ``None`` follows the model's capabilities (models trained with the
-            click simulation of ``training/`` saw exactly that), or force it on/off.
-        min_area: a mask with fewer pixels counts as empty.
-        min_iou / min_stability: stop below these (modes without a z-range); ``None``: the
-            values calibrated for the model (its checkpoint's ``engine`` metadata, see
-            :func:`napari_sam_med.capabilities.engine_rules`), else 0.5 and 0.5.
-        max_area_growth: stop when the area grows by more than this factor in one slice.
-        max_centroid_shift: stop when the centroid moves more than this fraction of the
-            previous mask's equivalent diameter.
-        max_intensity_jump / min_intensity_spread: stop when the median intensity (0-255
-            after the preset) under the mask moves by more than ``max_intensity_jump`` times
-            the previous slice's spread (at least ``min_intensity_spread``): the mask has left
-            the tumour for another tissue.
-        click_mode: how clicks that come with a box reach the model: ``"points"`` as point
-            prompts; ``"box"`` as edits of the box (a positive click outside grows it to take
-            the click in, a negative click inside moves the nearest edge past it); ``"auto"``
-            follows the model's recorded capabilities
-            (:func:`napari_sam_med.capabilities.model_capabilities`): box edits for weights
-            trained on boxes only (LiteMedSAM as published, whose point answers are weak),
-            points otherwise.
-        change_tol: a correction stops re-propagating where Dice(new, old) >= this.
-        repropagate: how a correction reaches the slices beside it: ``"box"`` each from the
-            box around its neighbour's new mask; ``"union"`` that box widened by the slice's
-            own earlier box; ``"keep"`` as union, with the slice's earlier logits as the mask
-            prompt; ``"off"`` not at all (the click changes its own slice only); ``"auto"``:
-            the model's calibrated rule (:func:`napari_sam_med.capabilities.engine_rules`),
-            else ``box``.
-        anisotropy_margin: the box margin is at least this times the ratio of the slice
-            gap to the in-plane pixel size (needs the segmenter's ``spacing``).
-    """
+    def predict(z: int, prompt: SlicePrompt, correction: bool) -> SlicePrediction | None:
+        if z not in pins:
+            return None
+        pred = copy.copy(pins[z])
+        pred.mask = pred.mask.copy()
+        return pred
 
-    box_margin: float = 3.0
-    use_mask_prompt: bool = False
-    correction_mask_prompt: bool | None = None
-    min_area: int = 4
-    min_iou: float | None = None
-    min_stability: float | None = None
-    max_area_growth: float = 2.5
-    max_centroid_shift: float = 0.6
-    max_intensity_jump: float = 1.2
-    min_intensity_spread: float = 6.0
-    change_tol: float = 0.97
-    repropagate: str = "auto"
-    click_mode: str = "auto"
-    anisotropy_margin: float = 0.7
+    return predict
 
 
 class Propagator:
-    """Runs the 3D modes of one :class:`SliceSegmenter`."""
+    """Runs the 3D modes of one :class:`SliceSegmenter`.
 
-    def __init__(self, segmenter: SliceSegmenter, settings: PropagationSettings | None = None):
+    Args:
+        segmenter: the slices and the model.
+        settings: the knobs (defaults when None).
+        key_predictor: predicts key slices before the model is asked (see :data:`KeyPredictor`
+            and :func:`pinned`); None: the model predicts every key slice.
+    """
+
+    def __init__(
+        self,
+        segmenter: SliceSegmenter,
+        settings: PropagationSettings | None = None,
+        key_predictor: KeyPredictor | None = None,
+    ):
         self.seg = segmenter
         self.settings = settings or PropagationSettings()
+        self.key_predictor = key_predictor
 
     # ----------------------------------------------------------------- modes
     def box3d(
@@ -116,11 +88,9 @@ class Propagator:
     ) -> Iterator[Progress]:
         """Segment ``obj`` inside a 3D box ``[x0, y0, z0, x1, y1, z1]`` (inclusive indices);
         ``text`` (models trained with text) joins the box on the middle slice."""
-        x0, y0, z0, x1, y1, z1 = self._check_box3d(box)
+        x0, y0, z0, x1, y1, z1 = check_box3d(box, self.seg.slice_shape, self.seg.num_slices)
         zm = (z0 + z1) // 2
-        prompt: dict[str, Any] = {"box": [x0, y0, x1, y1], "box3d": [x0, y0, z0, x1, y1, z1]}
-        if text is not None:
-            prompt["text"] = text
+        prompt = SlicePrompt(box=(x0, y0, x1, y1), box3d=(x0, y0, z0, x1, y1, z1), text=text)
         obj.key_prompts = {zm: prompt}
         yield from self.key_slices(obj, z_range=(z0, z1), clip=(x0, y0, x1, y1))
 
@@ -133,13 +103,13 @@ class Propagator:
         """(Re)build ``obj`` from all of its ``key_prompts``.
 
         Args:
-            obj: its ``key_prompts`` hold ``{z: {"box": [...], "points": [[x, y]...],
-                "point_labels": [...]}}``.
+            obj: its ``key_prompts`` hold ``{z: SlicePrompt}``.
             z_range: inclusive ``(z0, z1)`` limits; None propagates until the object ends.
             clip: ``(x0, y0, x1, y1)`` limits for every mask (e.g. a 3D box's extent).
         """
         if not obj.key_prompts:
             raise ValueError("no prompts: add a box or points on at least one slice")
+        _read_prompts(obj)
         keys = sorted(self.seg.check_index(z) for z in obj.key_prompts)
         lo, hi = (0, self.seg.num_slices - 1) if z_range is None else z_range
         obj.slices = {}
@@ -147,7 +117,7 @@ class Propagator:
         total = (hi - lo + 1) if z_range is not None else None
         done = 0
         for z in keys:
-            obj.slices[z] = self._predict_key(obj, z, clip)
+            obj.slices[z] = self.predict_key(obj, z, clip)
             done += 1
             yield Progress(done, total, z, "key slice")
         for a, b in zip(keys[:-1], keys[1:], strict=True):
@@ -182,24 +152,22 @@ class Propagator:
         """
         z = self.seg.check_index(z)
         lo, hi = 0, self.seg.num_slices - 1
+        _read_prompts(obj)
         for p in obj.key_prompts.values():
-            if p.get("box3d"):
-                x0, y0, lo, x1, y1, hi = p["box3d"]
+            if p.box3d is not None:
+                x0, y0, lo, x1, y1, hi = p.box3d
                 clip = clip if clip is not None else (x0, y0, x1, y1)
-        prompt = dict(obj.key_prompts.get(z, {}))
+        prompt = obj.key_prompts.get(z, SlicePrompt())
         if box is not None:
-            prompt["box"] = [float(v) for v in box]
+            prompt = prompt.replace(box=box)
         if points is not None and len(points):
-            prompt["points"] = list(prompt.get("points", [])) + np.asarray(points).tolist()
-            prompt["point_labels"] = list(prompt.get("point_labels", [])) + [
-                int(v) for v in np.asarray(labels).ravel()
-            ]
-        if "box" not in prompt and (source := self._box_source(obj, z)) is not None:
-            prompt["box"] = self._box_around(source.mask)
-        if not prompt.get("box") and not prompt.get("points"):
+            prompt = prompt.add_points(points, labels)
+        if prompt.box is None and (source := self._box_source(obj, z)) is not None:
+            prompt = prompt.replace(box=self._box_around(source.mask))
+        if prompt.box is None and not prompt.points:
             raise ValueError(f"correction on slice {z} has no points and no box")
         obj.key_prompts[z] = prompt
-        obj.slices[z] = self._predict_key(obj, z, clip, correction=True)
+        obj.slices[z] = self.predict_key(obj, z, clip, correction=True)
         yield Progress(1, None, z, "corrected slice")
         done = 1
         # slices nearer another key slice keep following that one (as in key_slices)
@@ -224,56 +192,45 @@ class Propagator:
                 return pred
         return None
 
-    def _check_box3d(self, box) -> tuple[float, float, int, float, float, int]:
-        b = np.asarray(box, dtype=float).ravel()
-        if b.shape != (6,) or not np.isfinite(b).all():
-            raise ValueError(
-                f"box3d must be [x0, y0, z0, x1, y1, z1]; got {np.asarray(box).tolist()}"
-            )
-        x0, y0, z0, x1, y1, z1 = b.tolist()
-        h, w = self.seg.slice_shape
-        if x1 < x0 or y1 < y0 or z1 < z0:
-            raise ValueError(f"box3d {b.tolist()} has a max corner below its min corner")
-        if x0 < 0 or y0 < 0 or z0 < 0 or x1 > w - 1 or y1 > h - 1 or z1 > self.seg.num_slices - 1:
-            raise ValueError(
-                f"box3d {b.tolist()} lies outside the volume (x 0..{w - 1}, y 0..{h - 1}, "
-                f"z 0..{self.seg.num_slices - 1}); coordinates are inclusive voxel indices"
-            )
-        return x0, y0, int(round(z0)), x1, y1, int(round(z1))
-
-    def _predict_key(
-        self, obj: ObjectSegmentation, z: int, clip, correction: bool = False
+    def predict_key(
+        self,
+        obj: ObjectSegmentation,
+        z: int,
+        clip: tuple[float, float, float, float] | None = None,
+        correction: bool = False,
     ) -> SlicePrediction:
+        """Key slice ``z`` of ``obj`` from its prompt: the ``key_predictor``'s mask, else the
+        model's (clicks turned into box edits for box-only models, recorded as the prompt's
+        ``edited_box``), limited to ``clip``."""
         p = obj.key_prompts[z]
-        pts = np.asarray(p["points"], dtype=np.float32) if p.get("points") else None
-        lab = np.asarray(p["point_labels"], dtype=np.int64) if p.get("points") else None
-        box = _corner_box(p["box"]) if p.get("box") else None
-        prev = obj.slices.get(z)
+        pred = None if self.key_predictor is None else self.key_predictor(z, p, correction)
+        if pred is None:
+            if p.box is not None and p.points and self._clicks_edit_box():
+                box, pts, lab = p.arrays()
+                p = p.replace(edited_box=_edit_box(box, pts, lab, self.margin()))
+                obj.key_prompts[z] = p
+            pred = self._model_key(obj.slices.get(z), z, p, correction)
+        return self._clip(pred, clip)
+
+    def _model_key(
+        self, prev: SlicePrediction | None, z: int, p: SlicePrompt, correction: bool
+    ) -> SlicePrediction:
         mask_in = (
             prev.logits[None]
             if (correction and prev is not None and self._correction_mask_prompt())
             else None
         )
-        text = p.get("text")
-        kind = "box" if box is not None else ("points" if pts is not None else "text")
-        source = "correction" if correction else kind
-        if box is not None and pts is not None and self._clicks_edit_box():
-            box, pts, lab = _edit_box(box, pts, lab, self.margin()), None, None
-            p["edited_box"] = [float(v) for v in box]
-        elif box is not None and pts is not None and model_capabilities(self.seg.model).mask_prompt:
-            box = take_in_clicks(box, pts, lab, self.margin())  # trained for the 3D loop
-        pred = self.seg.predict(
+        seen = p if p.edited_box is None else SlicePrompt(box=p.edited_box, text=p.text)
+        if p.edited_box is None and p.box is not None and p.points and self._takes_in_clicks():
+            box, pts, lab = p.arrays()
+            seen = p.replace(box=take_in_clicks(box, pts, lab, self.margin()))
+        return self.seg.predict(
             z,
-            box=box,
-            points=pts,
-            labels=lab,
+            seen,
             mask_input=mask_in,
-            source=source,
-            multimask=box is None and pts is not None and len(pts) == 1,
-            text=text,
+            source="correction" if correction else p.kind,
+            multimask=p.box is None and len(p.points) == 1,
         )
-        pred.prompt.pop("candidates", None)
-        return self._clip(pred, clip)
 
     def _clicks_edit_box(self) -> bool:
         mode = self.settings.click_mode
@@ -283,11 +240,26 @@ class Propagator:
             return not model_capabilities(self.seg.model).clicks
         return mode == "box"
 
+    def _takes_in_clicks(self) -> bool:
+        """Models trained for the 3D loop get their box grown to hold positive clicks."""
+        return model_capabilities(self.seg.model).mask_prompt
+
     def _correction_mask_prompt(self) -> bool:
         forced = self.settings.correction_mask_prompt
         if forced is not None:
             return bool(forced)
         return self.settings.use_mask_prompt or model_capabilities(self.seg.model).mask_prompt
+
+    def margin(self) -> float:
+        """Pixels added around the previous mask's box: ``box_margin`` on the model grid, or
+        ``anisotropy_margin`` x (slice gap / pixel size) there if larger, because a boundary
+        moves further between thick slices."""
+        s = self.settings
+        grid = max(s.box_margin, s.anisotropy_margin * self.seg.anisotropy)
+        return grid * max(self.seg.slice_shape) / self.seg.config.img_size
+
+    def _box_around(self, mask: np.ndarray) -> list[float]:
+        return box_around(mask, self.margin())
 
     def thresholds(self) -> tuple[float, float]:
         """``(min_iou, min_stability)``: the settings', else the model's calibrated ones."""
@@ -307,17 +279,6 @@ class Propagator:
                 f"repropagate={mode!r}; expected 'auto', 'box', 'union', 'keep' or 'off'"
             )
         return mode
-
-    def margin(self) -> float:
-        """Pixels added around the previous mask's box: ``box_margin`` on the model grid, or
-        ``anisotropy_margin`` x (slice gap / pixel size) there if larger, because a boundary
-        moves further between thick slices."""
-        s = self.settings
-        grid = max(s.box_margin, s.anisotropy_margin * self.seg.anisotropy)
-        return grid * max(self.seg.slice_shape) / self.seg.config.img_size
-
-    def _box_around(self, mask: np.ndarray) -> list[float]:
-        return box_around(mask, self.margin())
 
     def _step(
         self,
@@ -354,26 +315,7 @@ class Propagator:
         return pred
 
     def _stop_reason(self, prev: SlicePrediction, pred: SlicePrediction) -> str | None:
-        s = self.settings
-        if pred.area < s.min_area:
-            return "empty"
-        min_iou, min_stability = self.thresholds()
-        if pred.iou < min_iou:
-            return "low_iou"
-        if pred.stability < min_stability:
-            return "low_stability"
-        if pred.area > s.max_area_growth * max(prev.area, 1):
-            return "area_jump"
-        c0, c1 = _centroid(prev.mask), _centroid(pred.mask)
-        diam = 2.0 * np.sqrt(max(prev.area, 1) / np.pi)
-        if np.hypot(*(c1 - c0)) > s.max_centroid_shift * diam:
-            return "centroid_jump"
-        before = self.seg.slice_image(prev.z)[prev.mask]
-        after = self.seg.slice_image(pred.z)[pred.mask]
-        spread = max(float(before.std()), s.min_intensity_spread)
-        if abs(float(np.median(after)) - float(np.median(before))) > s.max_intensity_jump * spread:
-            return "intensity_jump"
-        return None
+        return stop_reason(self.seg, self.settings, self.thresholds(), prev, pred)
 
     def _walk(
         self,
@@ -441,18 +383,14 @@ class Propagator:
             zz += step
 
 
+def _read_prompts(obj: ObjectSegmentation) -> None:
+    """``obj``'s key prompts as :class:`SlicePrompt` (JSON-form dicts are read once here)."""
+    obj.key_prompts = {
+        int(z): coerce(p, f"key prompt of slice {z}") for z, p in obj.key_prompts.items()
+    }
+
+
 def run(job: Iterator[Progress]) -> list[Progress]:
     """Consume a job to the end (no progress display); returns the progress events."""
     return list(job)
 
-
-def trained_with_clicks(model: object) -> bool:
-    """Whether ``model``'s checkpoint was fine-tuned with corrective clicks by ``training/``
-    (its metadata says so; see :mod:`napari_sam_med.capabilities`)."""
-    meta = getattr(model, "checkpoint_metadata", None) or {}
-    return isinstance(meta.get("training"), dict) and model_capabilities(model).clicks
-
-
-def _centroid(mask: np.ndarray) -> np.ndarray:
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.mean(), ys.mean()]) if len(xs) else np.zeros(2)

@@ -29,12 +29,13 @@ from .case_files import claim_case_outputs, marker_path, sha256_path
 from .dicom_out import check_case_output, write_case_labels
 from .geometry import Volume
 from .io import read_volume
-from .manifest import CaseSpec, VoxelPrompt, object_prompts
+from .manifest import CaseSpec
 from .objects import ObjectSegmentation, compose_labels
 from .propagate import PropagationSettings, Propagator
 from .qc import qc_paths, write_json_atomic, write_qc
 from .slices import SliceSegmenter
 from .text3d import add_text, segment_text
+from .voxel_prompts import VoxelPrompt, object_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def segment_volume(
         if p.box3d is not None:
             job = prop.box3d(obj, p.box3d, text=p.text)
         elif p.key_prompts:
-            obj.key_prompts = {int(z): dict(v) for z, v in p.key_prompts.items()}
+            obj.key_prompts = dict(p.key_prompts)
             if p.text is not None:
                 obj.key_prompts = add_text(obj.key_prompts, p.text)
             job = prop.key_slices(obj)

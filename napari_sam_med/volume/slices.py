@@ -25,8 +25,19 @@ from ..preprocessing import (
     prepare_image,
 )
 from .cache import EmbeddingCache, array_hash, encoder_weights_id
+from .prompt import SlicePrompt
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Candidates:
+    """The ambiguity masks of one ``multimask`` prediction: ``masks`` ``(K, H, W)`` bool,
+    ``ious`` (K predicted IoUs), ``logits`` ``(K, S, S)``."""
+
+    masks: np.ndarray
+    ious: list[float]
+    logits: np.ndarray
 
 
 @dataclass
@@ -40,7 +51,8 @@ class SlicePrediction:
         iou: predicted IoU of the chosen mask.
         stability: stability score of the chosen mask (logit offset 1.0).
         source: what produced it (``"box"``, ``"points"``, ``"propagated"``, ``"correction"``...).
-        prompt: the prompt that was used, JSON-friendly.
+        prompt: the prompt that was used.
+        candidates: of a ``multimask`` prediction, all masks (see :class:`Candidates`).
     """
 
     z: int
@@ -49,7 +61,8 @@ class SlicePrediction:
     iou: float
     stability: float
     source: str
-    prompt: dict[str, Any] = field(default_factory=dict)
+    prompt: SlicePrompt = field(default_factory=SlicePrompt)
+    candidates: Candidates | None = None
 
     @property
     def area(self) -> int:
@@ -169,28 +182,37 @@ class SliceSegmenter:
     def predict(
         self,
         z: int,
+        prompt: SlicePrompt | None = None,
+        *,
         box: np.ndarray | None = None,
         points: np.ndarray | None = None,
         labels: np.ndarray | None = None,
         mask_input: np.ndarray | None = None,
         source: str = "prompt",
         multimask: bool = False,
-        text: str | torch.Tensor | None = None,
+        text: str | torch.Tensor | np.ndarray | None = None,
     ) -> SlicePrediction:
-        """Predict slice ``z`` from prompts in ``(x, y)`` pixels of the slice.
+        """Predict slice ``z`` from a prompt in ``(x, y)`` pixels of the slice.
 
-        ``text`` is a text prompt (a string, or a ``(T,)`` embedding) for models trained
-        with text; it may come alone or with the points/box.
+        ``prompt`` is a :class:`SlicePrompt`; ``box``/``points``/``labels``/``text`` build
+        one instead (a text may also be a ``(T,)`` embedding, for models trained with text).
+        ``mask_input`` is a ``(1, S, S)`` low-res logits prompt.
 
         With ``multimask`` the candidate with the highest predicted IoU is returned and all
-        of them are attached as ``prompt["candidates"]`` (``masks`` (K, H, W) bool, ``ious``
-        list, ``logits`` (K, S, S)); :func:`choose_candidate` picks another one.
+        of them are attached as :attr:`SlicePrediction.candidates`; :func:`choose_candidate`
+        picks another one.
         """
+        if prompt is None:
+            words = text if isinstance(text, str) else None
+            prompt = SlicePrompt.from_arrays(box, points, labels, words)
+        if text is None or isinstance(text, str):
+            text = prompt.text
+        box, pts, lab = prompt.arrays()
         emb, geom = self.embedding(z)
         self.predictor.set_embedding(emb, geom)
         masks, ious, low = self.predictor.predict(
-            point_coords=None if points is None or len(points) == 0 else points,
-            point_labels=None if points is None or len(points) == 0 else labels,
+            point_coords=pts,
+            point_labels=lab,
             box=box,
             mask_input=mask_input,
             multimask_output=multimask,
@@ -199,36 +221,27 @@ class SliceSegmenter:
         )
         best = int(np.argmax(ious))
         logits = low[best]
-        stab = _stability(logits)
-        prompt: dict[str, Any] = {}
-        if box is not None:
-            prompt["box"] = [float(v) for v in np.asarray(box).ravel()]
-        if points is not None and len(points):
-            prompt["points"] = np.asarray(points, dtype=float).tolist()
-            prompt["point_labels"] = [int(v) for v in np.asarray(labels).ravel()]
-        if isinstance(text, str):
-            prompt["text"] = text
-        if multimask:
-            prompt["candidates"] = {"masks": masks > 0, "ious": ious.tolist(), "logits": low}
+        cands = Candidates(masks > 0, ious.tolist(), low) if multimask else None
         return SlicePrediction(
-            int(z), masks[best] > 0, logits, float(ious[best]), stab, source, prompt
-        )
+            int(z), masks[best] > 0, logits, float(ious[best]), _stability(logits), source,
+            prompt.replace(edited_box=None, box3d=None), cands,
+        )  # fmt: skip
 
 
 def choose_candidate(pred: SlicePrediction, index: int) -> SlicePrediction:
     """The same prediction with candidate ``index`` (of a ``multimask`` prediction) chosen."""
-    cands = pred.prompt.get("candidates")
+    cands = pred.candidates
     if cands is None:
         raise ValueError("this prediction has no candidates; predict with multimask=True")
-    logits = cands["logits"][index]
+    logits = cands.logits[index]
     return SlicePrediction(
         pred.z,
-        cands["masks"][index].copy(),
+        cands.masks[index].copy(),
         logits,
-        float(cands["ious"][index]),
+        float(cands.ious[index]),
         _stability(logits),
         pred.source,
-        {k: v for k, v in pred.prompt.items() if k != "candidates"},
+        pred.prompt,
     )
 
 

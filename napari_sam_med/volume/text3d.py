@@ -9,10 +9,10 @@ together with a box or points is just one more prompt on their key slices (see
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
 
 from .objects import ObjectSegmentation
+from .prompt import SlicePrompt, coerce
 from .propagate import Progress, Propagator
 from .slices import SlicePrediction
 
@@ -66,14 +66,14 @@ def segment_text(
             f" (low confidence: below IoU {min_iou:.2f} / stability {min_stability:.2f};"
             " check the result)"
         )
-    obj.key_prompts = {z: {"text": text}}
+    obj.key_prompts = {z: SlicePrompt(text=text)}
     yield from prop.key_slices(obj)
     obj.stop_reasons["search"] = reason
 
 
-def add_text(key_prompts: dict[int, dict[str, Any]], text: str) -> dict[int, dict[str, Any]]:
-    """Copies of ``key_prompts`` with ``text`` added to every key slice's prompt."""
-    return {z: {**p, "text": text} for z, p in key_prompts.items()}
+def add_text(key_prompts: Mapping[int, SlicePrompt], text: str) -> dict[int, SlicePrompt]:
+    """``key_prompts`` with ``text`` joining every key slice's prompt."""
+    return {z: coerce(p).replace(text=text) for z, p in key_prompts.items()}
 
 
 def _candidate(prop: Propagator, pred: SlicePrediction) -> bool:

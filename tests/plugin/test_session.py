@@ -193,7 +193,8 @@ def test_painting_a_value_without_object_creates_one_and_replays():
 
 def test_proposals_accepted_become_objects_and_rejected_stay_as_negatives():
     from napari_sam_med.plugin._proposals import Proposal, ProposalQueue
-    from napari_sam_med.volume.session_log import final_objects, validate_session_log
+    from napari_sam_med.volume.log_state import final_objects
+    from napari_sam_med.volume.session_log import validate_session_log
 
     s = Session(SHAPE, (1.0, 1.0, 1.0))
     s.clock = clock = FakeClock()
@@ -253,7 +254,7 @@ def test_a_replayed_review_gives_the_same_labels_and_log_decisions():
 
 
 def test_version_1_logs_still_load(tmp_path):
-    from napari_sam_med.volume.session_log import final_objects
+    from napari_sam_med.volume.log_state import final_objects
 
     old = {"format": "napari-sam-med-session", "version": 1, "image": {"name": "x"},
            "objects": [{"label": 1, "name": "a", "voxels": 16}],

@@ -13,9 +13,9 @@ from napari_sam_med.volume.manifest import (
     ManifestError,
     file_stem,
     load_manifest,
-    object_prompts,
     parse_manifest,
 )
+from napari_sam_med.volume.voxel_prompts import object_prompts
 
 
 def _write(tmp_path: Path, data) -> Path:

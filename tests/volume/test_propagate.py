@@ -137,8 +137,10 @@ def test_key_slices_between_and_beyond(tiny_model, monkeypatch):
     seg = SliceSegmenter(tiny_model, vol, "minmax")
 
     # a deterministic stand-in for the network's mask, so the walk itself is what is tested
-    def fake_predict(z, box=None, points=None, labels=None, mask_input=None, source="", **_):
+    def fake_predict(z, prompt=None, box=None, mask_input=None, source="", **_):
         from napari_sam_med.volume.slices import SlicePrediction
+
+        box = prompt.box if prompt is not None else box
 
         return SlicePrediction(
             z,
@@ -261,7 +263,7 @@ def test_auto_click_mode_follows_click_training(tiny_model):
     import copy
     from dataclasses import replace
 
-    from napari_sam_med.volume.propagate import trained_with_clicks
+    from napari_sam_med.capabilities import trained_with_clicks
 
     model = copy.deepcopy(tiny_model)
     model.config = replace(model.config, name="lite_medsam")
@@ -293,9 +295,10 @@ def test_corrections_follow_the_recorded_capabilities(tiny_model, monkeypatch):
     calls = []
     real = seg.predict
 
-    def spy(z, **kw):
-        calls.append(kw)
-        return real(z, **kw)
+    def spy(z, prompt=None, **kw):
+        points = prompt.arrays()[1] if prompt is not None else kw.get("points")
+        calls.append({**kw, "points": points})
+        return real(z, prompt, **kw)
 
     monkeypatch.setattr(seg, "predict", spy)
     for meta, points, mask_prompt in (

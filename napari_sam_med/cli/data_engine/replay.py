@@ -34,14 +34,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     from ...evaluate import write_csv
     from ...volume.io import case_name, read_volume, write_labels
+    from ...volume.log_replay import compare_labels, replay_objects
+    from ...volume.log_state import final_objects
     from ...volume.segment import resolve_preset
-    from ...volume.session_log import (
-        compare_labels,
-        final_objects,
-        labels_beside,
-        load_session_log,
-        replay_objects,
-    )
+    from ...volume.session_log import labels_beside, load_session_log
     from ...volume.slices import SliceSegmenter
 
     log = load_session_log(args.session)
