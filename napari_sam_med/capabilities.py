@@ -71,7 +71,7 @@ def engine_rules(model: Any) -> dict[str, Any]:
     slices beside it), each falling back to :data:`DEFAULT_ENGINE_RULES` when missing or
     malformed."""
     meta = getattr(model, "checkpoint_metadata", None) or {}
-    given = meta.get("engine") if isinstance(meta.get("engine"), dict) else {}
+    given: dict[str, Any] = meta["engine"] if isinstance(meta.get("engine"), dict) else {}
     out = dict(DEFAULT_ENGINE_RULES)
     for key in ("min_iou", "min_stability"):
         value = given.get(key)

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from .prompt import SlicePrompt
 from .slices import SlicePrediction
 
 QC_MIN_IOU = 0.75
@@ -21,15 +22,15 @@ class ObjectSegmentation:
         label: the value it takes in the label map (>= 1).
         name: a display name.
         slices: slice index -> :class:`SlicePrediction` (only slices that contain the object).
-        key_prompts: slice index -> the user's prompt on it (``box`` and/or ``points`` with
-            ``point_labels``, in ``(x, y)`` pixels of that slice).
+        key_prompts: slice index -> the user's prompt on it (a :class:`~.prompt.SlicePrompt`,
+            in ``(x, y)`` pixels of that slice; dicts in its JSON form are read as one).
         stop_reasons: direction (``"down"``/``"up"``) -> why propagation stopped there.
     """
 
     label: int = 1
     name: str = "object"
     slices: dict[int, SlicePrediction] = field(default_factory=dict)
-    key_prompts: dict[int, dict[str, Any]] = field(default_factory=dict)
+    key_prompts: dict[int, SlicePrompt] = field(default_factory=dict)
     stop_reasons: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -100,7 +100,7 @@ class SlicePrompt(Mapping[str, Any]):
             return data
         if not isinstance(data, Mapping):
             raise PromptError(f"{where} must be an object like {{'box': [...]}}, got {data!r:.80}")
-        get = data.get
+        get: Any = data.get  # raw JSON values: __post_init__ checks and converts them
         try:
             return cls(
                 points=() if get("points") is None else get("points"),
@@ -157,7 +157,8 @@ class SlicePrompt(Mapping[str, Any]):
         if box is not None:
             x0, x1 = sorted((box[0], box[2]))
             y0, y1 = sorted((box[1], box[3]))
-            box = tuple(float(v) for v in np.clip([x0, y0, x1, y1], 0, [w - 1, h - 1] * 2))
+            a, b, c, d = (float(v) for v in np.clip([x0, y0, x1, y1], 0, [w - 1, h - 1] * 2))
+            box = (a, b, c, d)
         pts = tuple((min(max(x, 0.0), w - 1.0), min(max(y, 0.0), h - 1.0)) for x, y in self.points)
         return self.replace(box=box, points=pts)
 

@@ -83,7 +83,7 @@ def test_box_edits_replace_the_prompt_instead_of_adding_keys(tiny_model) -> None
 def test_nothing_subclasses_propagator_or_calls_its_private_key_method() -> None:
     offenders = []
     for path in PACKAGE.rglob("*.py"):
-        tree = ast.parse(path.read_text())
+        tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.ClassDef) and any(
                 isinstance(b, ast.Name) and b.id == "Propagator" for b in node.bases
