@@ -337,9 +337,10 @@ def test_correction_keeps_the_neighbours_extent_for_click_trained_models(tiny_mo
     calls = []
     real = seg.predict
 
-    def spy(z, **kw):
-        calls.append((z, kw))
-        return real(z, **kw)
+    def spy(z, prompt=None, **kw):
+        seen = kw if prompt is None else {**kw, "box": prompt.box, "points": prompt.points}
+        calls.append((z, seen))  # a key slice comes as a SlicePrompt, a propagated one as box=
+        return real(z, prompt, **kw)
 
     monkeypatch.setattr(seg, "predict", spy)
     prop = Propagator(seg, PropagationSettings(change_tol=1.1, min_area=0))
