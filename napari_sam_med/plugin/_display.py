@@ -20,6 +20,19 @@ BOX_COLOR = "magenta"  # (1, 0, 1): far from every colour of the object palette
 OUTLINE_WIDTH = 2
 
 
+def ct_window(array: Any, modality: str | None = None, preset: str | None = None) -> Any:
+    """The contrast limits ``(lo, hi)`` a CT image opens with: the window of ``preset`` (else of
+    the preset the model would pick for it); None when that preset is not a CT window (MR,
+    8-bit images keep napari's own limits). Imports torch (the presets live with it)."""
+    from ..preprocessing import get_preset, guess_preset, intensity_range
+
+    arr = np.asarray(array)
+    name = preset or guess_preset(modality, arr)
+    if not name.startswith("ct_") or get_preset(name).kind != "window":
+        return None
+    return intensity_range(arr, name)
+
+
 class PromptLayers:
     """The layers of one image bound to a model (created by :meth:`create`)."""
 

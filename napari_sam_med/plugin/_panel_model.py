@@ -175,6 +175,7 @@ class ModelPanel:
         ws.activity.cancel()
         ws.engine, ws.image_layer = engine, layer
         self.view.preset_combo.setCurrentText(engine.preset)
+        _show_in_window(layer, engine.preset)
         geom = layer.metadata.get(_layers.GEOMETRY_KEY) or {}
         shape = (engine.num_slices, *engine.segmenter.slice_shape)
         info = {"name": layer.name, "shape_zyx": list(shape), "rgb": bool(layer.rgb),
@@ -232,3 +233,14 @@ class ModelPanel:
             "embed", what, _workers.embed_slices, self.ws.engine, slices,
             on_yield=step, on_fail=self.ws.failed, on_finished=done,
         )  # fmt: skip
+
+
+def _show_in_window(layer: Any, preset: str) -> None:
+    """A CT still shown over its full range (opened by another reader) gets the window of
+    the model's preset as contrast limits; limits the user chose are left alone."""
+    from ._display import ct_window
+
+    full = tuple(layer.contrast_limits) == tuple(layer.contrast_limits_range)
+    window = ct_window(layer.data, preset=preset) if full and not layer.rgb else None
+    if window is not None:
+        layer.contrast_limits = window
