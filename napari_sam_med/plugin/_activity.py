@@ -64,9 +64,7 @@ class Activity:
     def running(self, *slots: str) -> bool:
         """Whether a worker runs in any of ``slots`` (all slots by default), or an autosave."""
         names = slots or SLOTS
-        return any(self.workers[s] is not None for s in names) or (
-            not slots and self.autosaves > 0
-        )
+        return any(self.workers[s] is not None for s in names) or (not slots and self.autosaves > 0)
 
     def busy(self) -> bool:
         """Whether a worker is running or work waits for one."""

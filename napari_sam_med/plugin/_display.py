@@ -41,7 +41,9 @@ class PromptLayers:
         nd = 3 if session.shape[0] > 1 or image.ndim - int(image.rgb) == 3 else 2
         self.ndim = nd
         self.geo = {"scale": image.scale[-nd:], "translate": image.translate[-nd:]}
-        self.view: Callable[[np.ndarray], np.ndarray] = (lambda a: a) if nd == 3 else (lambda a: a[0])
+        self.view: Callable[[np.ndarray], np.ndarray] = (
+            (lambda a: a) if nd == 3 else (lambda a: a[0])
+        )
         self.preview_array = np.zeros(session.shape, np.uint8)
         self.labels = viewer.add_labels(
             self.view(session.labels), name="SAM-Med labels", opacity=0.6,
@@ -85,9 +87,7 @@ class PromptLayers:
         """The named extra labels layer (created over ``data`` if missing, else refilled)."""
         layer = self.extra.get(name)
         if layer is None or layer not in self.viewer.layers:
-            layer = self.viewer.add_labels(
-                self.view(data), name=name, opacity=opacity, **self.geo
-            )
+            layer = self.viewer.add_labels(self.view(data), name=name, opacity=opacity, **self.geo)
             self.extra[name] = layer
             self.viewer.layers.selection.active = self.points
         else:

@@ -18,6 +18,7 @@ import numpy as np
 from qtpy.QtWidgets import QCheckBox, QFileDialog, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from . import _layers, _persist, _proposals
+from ._annotate import accept_proposal, reject_proposal
 from ._ui import path_field, row
 from ._workspace import Workspace
 
@@ -133,9 +134,9 @@ class DataEnginePanel:
             return None
         proposal, seconds = self.queue.take(accept)
         if accept:
-            out = ws.guard("accept proposal", ws.session.accept_proposal, proposal, seconds)
+            out = ws.guard("accept proposal", accept_proposal, ws.session, proposal, seconds)
         else:
-            out = ws.session.reject_proposal(proposal, seconds)
+            out = reject_proposal(ws.session, proposal, seconds)
         self._show()
         return out
 

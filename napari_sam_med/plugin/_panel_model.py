@@ -72,6 +72,7 @@ class ModelPanel:
         view.load_btn.clicked.connect(self.load_model)
         view.precompute_btn.clicked.connect(self.precompute)
         view.checkpoint_browse_btn.clicked.connect(self._browse_checkpoint)
+        ws.activity.on_free.append(self.on_slice_changed)  # after a job: the slice in view
 
     def connect_viewer(self, connect: bool) -> None:
         """Follow the viewer's layers and slice (``connect=False``: stop)."""
@@ -197,9 +198,14 @@ class ModelPanel:
 
     # ------------------------------------------------------------- embeddings
     def on_slice_changed(self, *_: Any) -> None:
-        """Embed the slice in view in the background (lazily), unless a job is running."""
+        """Embed the slice in view in the background (lazily), unless a job is running.
+
+        A 3D job embeds the slices it reaches itself: embedding the slice in view beside it
+        (a user scrolling to watch the job) computed slices twice, on cores the job needed.
+        The slice in view is embedded when the job ends.
+        """
         ws = self.ws
-        if ws.engine is None or ws.activity.running("embed") or ws.closed:
+        if ws.engine is None or ws.activity.running("embed", "job") or ws.closed:
             return
         z = ws.current_z()
         if not ws.engine.is_embedded(z):
@@ -227,7 +233,6 @@ class ModelPanel:
         def done() -> None:
             if act.text().startswith(what):  # nothing else was said meanwhile: no stale text
                 act.say(before if len(slices) == 1 else f"{what}: done ({len(slices)} slices).")
-            self.on_slice_changed()
 
         return act.run(
             "embed", what, _workers.embed_slices, self.ws.engine, slices,

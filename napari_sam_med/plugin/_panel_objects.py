@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
 )
 
 from . import _layers
+from ._annotate import record_paint
 from ._ui import row
 from ._workspace import LABEL_EVENTS, Workspace
 
@@ -51,7 +52,9 @@ class ObjectsView(QWidget):
         self.commit_btn = QPushButton("Commit (K)")
         self.delete_btn = QPushButton("Delete")
         self.import_btn = QPushButton("Refine labels layer")
-        self.import_btn.setToolTip("Take the selected Labels layer (e.g. a DICOM SEG) in as objects")
+        self.import_btn.setToolTip(
+            "Take the selected Labels layer (e.g. a DICOM SEG) in as objects"
+        )
         self.relabel_spin = QSpinBox()
         self.relabel_spin.setRange(1, 65535)
         self.relabel_btn = QPushButton("Relabel")
@@ -213,6 +216,6 @@ class ObjectsPanel:
             except ValueError as exc:  # an edit napari describes in an unknown way
                 self.ws.notify(f"Brush edit kept in the labels but not in the log: {exc}", True)
                 continue
-            changed |= self.ws.session.record_paint(index, before) is not None
+            changed |= record_paint(self.ws.session, index, before) is not None
         if changed:
             self.ws.changed(event="paint")

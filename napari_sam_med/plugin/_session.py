@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from ._annotate import AnnotateMixin
 from ._state import (
     MAX_UNDO,
     Action,
@@ -37,8 +36,9 @@ from ._state import (
 logger = logging.getLogger(__name__)
 
 
-class Session(AnnotateMixin):
-    """State of one image's segmentation session.
+class Session:
+    """State of one image's segmentation session (brush edits, proposals and log entries are
+    the functions of ``_annotate``).
 
     Args:
         shape: ``(Z, Y, X)`` of the image (``(1, Y, X)`` for 2D).

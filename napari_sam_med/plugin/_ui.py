@@ -3,7 +3,6 @@ layout helpers (each panel builds its own view in its ``_panel_*`` module)."""
 
 from __future__ import annotations
 
-
 from qtpy.QtWidgets import QHBoxLayout, QLineEdit, QPushButton, QWidget
 
 MODELS = ("lite_medsam", "medsam_vit_b", "vit_b", "vit_l", "vit_h", "tiny")

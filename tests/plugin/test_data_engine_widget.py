@@ -112,7 +112,10 @@ def test_proposals_are_reviewed_one_by_one(open_sam, qtbot, monkeypatch):
     assert accepted.source == "proposal" and accepted.committed
     assert (w.session.labels[Z] == 2).sum() == a.sum()
     assert w.objects.view.objects_table.rowCount() == 2
-    assert "Proposal 1 of 1" in w.data_engine.view.proposal_label.text() and (layer.data[Z] == 1).sum() == b.sum()
+    assert (
+        "Proposal 1 of 1" in w.data_engine.view.proposal_label.text()
+        and (layer.data[Z] == 1).sum() == b.sum()
+    )
     press(viewer, "H")  # reject the other one
     assert not layer.data.any() and not w.data_engine.view.accept_btn.isEnabled()
     assert "accepted 1, rejected 1" in w.data_engine.view.proposal_label.text()
@@ -221,7 +224,10 @@ def test_text_prompt_with_a_text_checkpoint(open_sam, qtbot, tmp_path):
     w.model.view.load_btn.click()
     qtbot.waitUntil(lambda: w.engine is not engine, timeout=60_000)
     wait_idle(qtbot, w)
-    assert w.prompts.view.text_edit.isEnabled() and "12-d text embeddings" in w.prompts.view.text_label.text()
+    assert (
+        w.prompts.view.text_edit.isEnabled()
+        and "12-d text embeddings" in w.prompts.view.text_label.text()
+    )
     w.go_to(Z)
     w.prompts.view.text_edit.setText("liver lesion")
     w.prompts.view.text_btn.click()

@@ -172,3 +172,16 @@ def test_objects_table_fits_and_shows_the_colour_before_commit(open_sam, qtbot):
     qtbot.wait(50)
     assert table.horizontalScrollBar().maximum() == 0, "no horizontal scrolling for one row"
     assert table.verticalScrollBar().maximum() == 0
+
+
+def test_scrolling_during_segment3d_does_not_embed_beside_the_job(open_sam, qtbot):
+    viewer, w = open_sam("ct_phantom")
+    add_box(w, Z, 24, 45, 47, 64)
+    wait_idle(qtbot, w)
+    far = 2 if not w.engine.is_embedded(2) else 37
+    assert w.volume.segment3d() is not None
+    w.go_to(far)  # the user scrolls while the job runs
+    assert w.activity.running("job") and not w.activity.running("embed")
+    wait_idle(qtbot, w)
+    assert w.session.obj().propagated
+    assert w.engine.is_embedded(far), "the slice in view is embedded once the job ended"
