@@ -64,8 +64,8 @@ def run_plugin(model_name: str, scroll: bool) -> tuple[float, int, dict]:
     os.environ["NAPARI_SAM_MED_CACHE"] = tempfile.mkdtemp(prefix="bench3d_plugin_")
     os.environ.setdefault("NAPARI_SAM_MED_SAMPLE_DATA", str(REPO / "sample_data"))
     import napari
-
     from bench_plugin import run_until
+
     from napari_sam_med.plugin._widget import SamMedWidget
 
     viewer = napari.Viewer(show=True)
