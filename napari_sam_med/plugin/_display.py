@@ -18,6 +18,7 @@ from . import _layers
 
 BOX_COLOR = "magenta"  # (1, 0, 1): far from every colour of the object palette
 OUTLINE_WIDTH = 2
+REPLAY = "SAM-Med replay"
 
 
 def ct_window(array: Any, modality: str | None = None, preset: str | None = None) -> Any:
@@ -73,11 +74,14 @@ class PromptLayers:
     def all(self) -> list[Any]:
         return [self.points, self.shapes, self.preview, self.labels, *self.extra.values()]
 
-    def remove(self) -> None:
-        """Take the layers out of the viewer (a new model or image replaces them)."""
+    def remove(self) -> dict[str, Any]:
+        """Take the layers out of the viewer (a new model or image replaces them); returns
+        the extra layers that stay (a replay's masks, to compare with the next model)."""
+        kept = {k: ly for k, ly in self.extra.items() if k == REPLAY}
         for ly in self.all():
-            if ly in self.viewer.layers:
+            if ly in self.viewer.layers and ly not in kept.values():
                 self.viewer.layers.remove(ly)
+        return kept
 
     def set_outline(self, outline: bool) -> None:
         """Show the preview as an outline (the lesion's edge stays visible) or filled."""

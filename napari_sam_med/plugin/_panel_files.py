@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
 )
 
 from . import _layers, _persist, _workers
+from ._display import REPLAY
 from ._ui import path_field, row
 from ._workspace import LABEL_EVENTS, Workspace
 
@@ -204,7 +205,7 @@ class FilesPanel:
     def _compare_done(self, out: tuple[Any, list[dict[str, Any]], str]) -> None:
         result, rows, where = out
         ws, table = self.ws, self.view.compare_table
-        ws.layers.extra_layer("SAM-Med replay", result.labels, 0.5)
+        ws.layers.extra_layer(REPLAY, result.labels, 0.5)
         table.setRowCount(len(rows))
         for r, item in enumerate(rows):
             dice = "n/a" if item["dice"] is None else f"{item['dice']:.3f}"

@@ -183,10 +183,11 @@ class ModelPanel:
                 "volume_hash": engine.segmenter.volume_hash, **geom}  # fmt: skip
         ws.session = Session(shape, _layers.spacing_xyz(layer), info)
         ws.session.model_info, ws.session.preset = dict(engine.model_info), engine.preset
-        outline = ws.layers.preview.contour > 0 if ws.layers is not None else True
+        outline, kept = True, {}
         if ws.layers is not None:
-            ws.layers.remove()
+            outline, kept = ws.layers.preview.contour > 0, ws.layers.remove()
         ws.layers = PromptLayers(ws.viewer, ws.session, layer, outline=outline)
+        ws.layers.extra.update(kept)
         ws.session.new_object()
         ws.bound()
         ws.changed()
