@@ -101,7 +101,11 @@ def run_plugin(model_name: str, scroll: bool) -> tuple[float, int, dict]:
 
     encoder.forward = counted_forward
     if scroll:  # follow the job's progress slice by slice, as a user watching it does
-        widget.activity.view.status.textChanged.connect(lambda _t: _follow(widget))
+        from qtpy.QtCore import QTimer
+
+        follow = QTimer()
+        follow.timeout.connect(lambda: _follow(widget))
+        follow.start(50)
     say("plugin: Segment 3D")
     t0 = time.perf_counter()
     widget.volume.segment3d()
