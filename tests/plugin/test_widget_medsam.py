@@ -107,6 +107,7 @@ def test_screenshot_shows_the_mask_colour_on_the_tumour(open_sam, qtbot, tmp_pat
     w.go_to(Z)
     add_box(w, Z, *BOX)
     wait_idle(qtbot, w)
+    w.volume.view.outline_check.setChecked(False)  # the filled preview (outline by default)
     w.shapes_layer.visible = False  # only the image and the mask overlay
     w.points_layer.visible = False
     ys, xs = np.nonzero(truth[Z])
