@@ -138,7 +138,7 @@ def instrument(widget, clock: StageClock) -> None:
 
     clock.timed(_layers, "color_points", "color0", "color1")
     clock.timed(_layers, "prompts_from_layers", "diff0", "diff1")
-    clock.timed(widget, "_run_pending", "sync", "sync_end")
+    clock.timed(widget.prompts, "run_pending", "sync", "sync_end")
     engine = widget.engine
     model = engine.segmenter.model
     clock.timed(model, "decode", "decode0", "decode1")
@@ -153,14 +153,14 @@ def instrument(widget, clock: StageClock) -> None:
         return (yield from gen)
 
     engine.preview_steps = preview_steps
-    done = widget._preview_done
+    done = widget.prompts.preview_done
 
     def preview_done(*a, **k):
         clock.mark("done0")
         done(*a, **k)
         clock.mark("done1")
 
-    widget._preview_done = preview_done
+    widget.prompts.preview_done = preview_done
     set_prompt = _session.Session.set_prompt
 
     def timed_set_prompt(self, *a, **k):
@@ -175,13 +175,13 @@ def use_timer_path(widget) -> list[bool]:
     path (the zero-delay timer, which runs after napari's repaint), False through the widget's
     own handler. Returns the flag."""
     flag = [False]
-    handler = widget._on_prompt_layer_event
+    handler = widget.prompts.on_prompt_layer_event
     layer = widget.points_layer
 
     def route(event=None):
-        if flag[0] and not widget._syncing:
+        if flag[0] and not widget.ws.syncing:
             if not str(getattr(event, "action", "changed")).endswith("ing"):
-                widget._sync_timer.start()
+                widget.prompts.sync_timer.start()
             return
         handler(event)
 
@@ -236,9 +236,9 @@ def main(argv: list[str] | None = None) -> dict:
     viewer.open_sample("napari-sam-med", "ct_phantom")
     widget = SamMedWidget(viewer)
     viewer.window.add_dock_widget(widget, name="SAM-Med", area="right")
-    widget.model_combo.setCurrentText(args.model)
-    widget.device_combo.setCurrentText("cpu")
-    widget.load_btn.click()
+    widget.model.view.model_combo.setCurrentText(args.model)
+    widget.model.view.device_combo.setCurrentText("cpu")
+    widget.model.view.load_btn.click()
     run_until(lambda: widget.session is not None)
     run_until(lambda: not widget.busy())
     n = widget.engine.num_slices
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
         end = time.perf_counter() + 5.0
         idle = tick_gaps(lambda: time.perf_counter() > end)
         t0 = time.perf_counter()
-        widget.precompute()
+        widget.model.precompute()
         busy = tick_gaps(lambda: not widget.busy())
     t_pre = time.perf_counter() - t0
     busy = busy or [0.010]  # a warm cache: nothing to compute
@@ -335,7 +335,7 @@ def save_screenshot(app, viewer, widget, path: Path) -> None:
     corners = [[z, y, x] for y, x in ((45, 24), (45, 47), (64, 47), (64, 24))]
     widget.shapes_layer.add_rectangles(np.array(corners, float))
     run_until(lambda: not widget.busy())
-    widget.segment3d()
+    widget.volume.segment3d()
     run_until(lambda: not widget.busy())
     widget.go_to(z)
     viewer.window.resize(1500, 950)

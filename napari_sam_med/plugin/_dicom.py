@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ._annotate import record_paint
 from ._layers import GEOMETRY_KEY, geometry_kwargs, label_colormap
 
 OBJECTS_KEY = "sam_med_objects"
@@ -108,7 +109,7 @@ def import_labels(session: Any, labels: np.ndarray, objects: dict[int, dict] | N
         index = np.flatnonzero((labels.ravel() == value) & (session.labels.ravel() == 0))
         before = session.labels.flat[index].copy()
         session.labels.flat[index] = value
-        session.record_paint(index, before)
+        record_paint(session, index, before)
         added.append(value)
     return added
 

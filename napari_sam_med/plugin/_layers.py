@@ -173,7 +173,8 @@ def click_sign_callback(layer: Any, event: Any) -> None:
     """A drag callback run before napari's "add" mode: Shift or right click -> negative."""
     if event.type != "mouse_press":
         return
-    negative = "Shift" in {str(m) for m in event.modifiers} or event.button == 2
+    # napari passes vispy key objects (str() is "<Key 'Shift'>", == "Shift" holds)
+    negative = any(m == "Shift" for m in event.modifiers) or event.button == 2
     set_point_label(layer, positive=not negative)
 
 

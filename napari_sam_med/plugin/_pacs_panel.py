@@ -87,8 +87,9 @@ class PacsPanel(QWidget):
             self.results.addItems([h.summary() for h in hits])
             self._say(f"{len(hits)} series found")
 
-        return self._run("Finding series", lambda: self.pacs().find_series(patient, None, None,
-                                                                           series), done)
+        return self._run(
+            "Finding series", lambda: self.pacs().find_series(patient, None, None, series), done
+        )
 
     def _pick(self, row: int) -> None:
         if 0 <= row < len(self._hits):

@@ -32,6 +32,7 @@ from ..outputs import replace_atomic
 from ..volume.log_state import final_objects
 from ..volume.prompt import coerce
 from ..volume.session_log import LOG_FORMAT, LOG_VERSION, load_session_log
+from ._annotate import accept_proposal, log_summary, record_paint, reject_proposal
 from ._session import Session
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def session_log(session: Session) -> dict[str, Any]:
         "preset": session.preset,
         "coordinates": "prompts in SAM order: points [x, y], boxes [x0, y0, x1, y1], pixels "
         "of slice z (array index along axis 0 of the (z, y, x) volume)",
-        "objects": [session.log_summary(o.label) for o in session.objects],
+        "objects": [log_summary(session, o.label) for o in session.objects],
         "events": session.events,
     }
 
@@ -160,7 +161,7 @@ def _replay_paint(session: Session, ev: dict[str, Any]) -> None:
         index_a = np.concatenate(index)
         before = session.labels.flat[index_a].copy()
         session.labels.flat[index_a] = np.concatenate(values)
-        session.record_paint(index_a, before)
+        record_paint(session, index_a, before)
 
 
 def _replay_proposal(session: Session, engine: Any, ev: dict[str, Any]) -> None:
@@ -170,7 +171,7 @@ def _replay_proposal(session: Session, engine: Any, ev: dict[str, Any]) -> None:
     pred = engine.preview(z, prompt).chosen
     prop = Proposal(z, pred, prompt)
     if ev["action"] == "reject_proposal":
-        session.reject_proposal(prop, ev.get("seconds"))
+        reject_proposal(session, prop, ev.get("seconds"))
         return
     if ev.get("propagated"):
         from ..volume.objects import ObjectSegmentation
@@ -180,7 +181,7 @@ def _replay_proposal(session: Session, engine: Any, ev: dict[str, Any]) -> None:
         for _ in engine.propagator({z: pred}).key_slices(obj):
             pass
         prop.slices = dict(obj.slices)
-    session.accept_proposal(prop, ev.get("seconds"))
+    accept_proposal(session, prop, ev.get("seconds"))
 
 
 # ------------------------------------------------------------------- autosave

@@ -70,4 +70,10 @@ def read_layers(path: str | list[str]) -> list[tuple[Any, dict[str, Any], str]]:
         stem = stem.removesuffix(suffix)
     kwargs["name"] = Path(os.fspath(path)).name
     is_label = stem.endswith(LABEL_HINTS) and vol.array.dtype.kind in "iub"
+    if not is_label:
+        from ._display import ct_window
+
+        window = ct_window(vol.array, vol.metadata.get("modality"))
+        if window is not None:  # CT opens in the model's soft-tissue window, not min-max
+            kwargs["contrast_limits"] = window
     return [(vol.array, kwargs, "labels" if is_label else "image")]

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ._display import ct_window
 from ._layers import geometry_kwargs
 
 
@@ -41,6 +42,9 @@ def _load(key: str) -> list[tuple[Any, dict[str, Any], str]]:
         modality=entry["modality"], sam_med_preset=entry["preset"], sample=key
     )
     kwargs["name"] = key
+    window = ct_window(vol.array, entry["modality"], entry["preset"])
+    if window is not None:  # a lesion is hardly visible over the full HU range
+        kwargs["contrast_limits"] = window
     return [(vol.array, kwargs, "image")]
 
 

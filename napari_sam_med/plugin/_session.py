@@ -22,7 +22,6 @@ import numpy as np
 
 from ..masks import box_around
 from ..volume.log_state import History
-from ._annotate import AnnotateMixin
 from ._state import (
     Action,
     Job,
@@ -37,8 +36,9 @@ from ._state import (
 logger = logging.getLogger(__name__)
 
 
-class Session(AnnotateMixin):
-    """State of one image's segmentation session.
+class Session:
+    """State of one image's segmentation session (brush edits, proposals and log entries are
+    the functions of ``_annotate``).
 
     Args:
         shape: ``(Z, Y, X)`` of the image (``(1, Y, X)`` for 2D).

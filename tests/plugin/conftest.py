@@ -65,12 +65,12 @@ def open_sam(make_napari_viewer, qtbot):
         widget = SamMedWidget(viewer)
         widgets.append(widget)
         viewer.window.add_dock_widget(widget, name="SAM-Med")
-        widget.model_combo.setCurrentText(model)
-        widget.device_combo.setCurrentText("cpu")
+        widget.model.view.model_combo.setCurrentText(model)
+        widget.model.view.device_combo.setCurrentText("cpu")
         import torch
 
         torch.manual_seed(0)  # the random `tiny` model is the same in every run
-        widget.load_btn.click()
+        widget.model.view.load_btn.click()
         qtbot.waitUntil(lambda: widget.session is not None, timeout=WORKER_TIMEOUT_MS)
         wait_idle(qtbot, widget)
         return viewer, widget
@@ -79,9 +79,7 @@ def open_sam(make_napari_viewer, qtbot):
     for widget in widgets:
         widget.shutdown()
         qtbot.waitUntil(
-            lambda w=widget: (
-                not (w._embed_worker or w._job_worker or w._preview_worker or w._autosaves)
-            ),
+            lambda w=widget: not w.activity.running(),
             timeout=WORKER_TIMEOUT_MS,
         )
 

@@ -30,7 +30,7 @@ def _n_messages() -> int:
 def _commit_box(w, qtbot):
     add_box(w, Z, 24, 45, 47, 64)
     wait_idle(qtbot, w)
-    w.commit()
+    w.objects.commit()
     wait_idle(qtbot, w)
 
 
@@ -55,10 +55,10 @@ def test_brush_strokes_are_logged_with_time_and_undone_with_ctrl_z(open_sam, qtb
     assert event["action"] == "paint" and event["objects"][0]["added"] == added
     assert w.session.obj(1).edits == {Z: {"added": added, "removed": 0}}
     assert w.session.object_mask(1)[Z, py, px], "the object follows the edit"
-    w.commit()  # the edit survives a re-commit
+    w.objects.commit()  # the edit survives a re-commit
     assert w.session.labels[Z, py, px] == 1
-    w.labels_path.setText(str(tmp_path / "seg.nii.gz"))
-    _, log_path = w.save()
+    w.files.view.labels_path.setText(str(tmp_path / "seg.nii.gz"))
+    _, log_path = w.files.save()
     entry = json.loads(log_path.read_text())["objects"][0]
     assert entry["edits"] == {str(Z): {"added": added, "removed": 0}}
     assert entry["time"]["interactions"] >= 3 and entry["time"]["seconds"] >= 0
@@ -100,10 +100,10 @@ def test_proposals_are_reviewed_one_by_one(open_sam, qtbot, monkeypatch):
     w.go_to(Z)
     press(viewer, "Q")
     wait_idle(qtbot, w)
-    layer = w.proposals_layer
-    assert layer in viewer.layers and w.accept_btn.isEnabled()
+    layer = w.data_engine.layer
+    assert layer in viewer.layers and w.data_engine.view.accept_btn.isEnabled()
     assert "Proposal 1 of 2 (slice 22): predicted IoU 0.95, stability 0.97" in (
-        w.proposal_label.text()
+        w.data_engine.view.proposal_label.text()
     )
     assert (layer.data[Z] == 1).sum() == a.sum() and (layer.data[Z] == 2).sum() == b.sum()
     press(viewer, "U")  # accept lesion 1
@@ -111,11 +111,14 @@ def test_proposals_are_reviewed_one_by_one(open_sam, qtbot, monkeypatch):
     accepted = w.session.obj(2)
     assert accepted.source == "proposal" and accepted.committed
     assert (w.session.labels[Z] == 2).sum() == a.sum()
-    assert w.objects_table.rowCount() == 2
-    assert "Proposal 1 of 1" in w.proposal_label.text() and (layer.data[Z] == 1).sum() == b.sum()
+    assert w.objects.view.objects_table.rowCount() == 2
+    assert (
+        "Proposal 1 of 1" in w.data_engine.view.proposal_label.text()
+        and (layer.data[Z] == 1).sum() == b.sum()
+    )
     press(viewer, "H")  # reject the other one
-    assert not layer.data.any() and not w.accept_btn.isEnabled()
-    assert "accepted 1, rejected 1" in w.proposal_label.text()
+    assert not layer.data.any() and not w.data_engine.view.accept_btn.isEnabled()
+    assert "accepted 1, rejected 1" in w.data_engine.view.proposal_label.text()
     rejected = w.session.events[-1]
     assert rejected["action"] == "reject_proposal" and rejected["area"] == b.sum()
     n0 = _n_messages()
@@ -128,9 +131,9 @@ def test_export_training_set_from_the_widget(open_sam, qtbot, tmp_path):
 
     viewer, w = open_sam("ct_phantom")
     _commit_box(w, qtbot)
-    w.rename("liver lesion")
+    w.objects.rename("liver lesion")
     out = tmp_path / "dataset"
-    w.export_training_set(str(out))
+    w.data_engine.export_training_set(str(out))
     wait_idle(qtbot, w)
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["numTraining"] == 1 and meta["labels"]["1"] == "liver lesion"
@@ -145,11 +148,11 @@ def test_export_training_set_from_the_widget(open_sam, qtbot, tmp_path):
     assert [e["action"] for e in log["events"]][:2] == ["new_object", "prompt"]
     assert not list(out.rglob(".tmp-*"))
     n0 = _n_messages()
-    w.export_training_set(str(out))  # the same case again: a clear error
+    w.data_engine.export_training_set(str(out))  # the same case again: a clear error
     wait_idle(qtbot, w)
     assert any("already exported" in t for t in _messages(n0))
-    w.export_overwrite_check.setChecked(True)
-    w.export_training_set(str(out))
+    w.data_engine.view.export_overwrite_check.setChecked(True)
+    w.data_engine.export_training_set(str(out))
     wait_idle(qtbot, w)
     assert json.loads((out / "dataset.json").read_text())["numTraining"] == 1
 
@@ -157,15 +160,15 @@ def test_export_training_set_from_the_widget(open_sam, qtbot, tmp_path):
 def test_compare_replay_shows_new_masks_and_dice(open_sam, qtbot, tmp_path):
     viewer, w = open_sam("ct_phantom")
     _commit_box(w, qtbot)
-    w.labels_path.setText(str(tmp_path / "seg.nii.gz"))
-    _, log_path = w.save()
-    w.log_path.setText(str(log_path))
-    w.compare_btn.click()
+    w.files.view.labels_path.setText(str(tmp_path / "seg.nii.gz"))
+    _, log_path = w.files.save()
+    w.files.view.log_path.setText(str(log_path))
+    w.files.view.compare_btn.click()
     wait_idle(qtbot, w)
     layer = viewer.layers["SAM-Med replay"]
     np.testing.assert_array_equal(layer.data, w.session.labels)  # same model, same masks
-    assert w.compare_table.rowCount() == 1
-    assert w.compare_table.item(0, 2).text() == "1.000"
+    assert w.files.view.compare_table.rowCount() == 1
+    assert w.files.view.compare_table.item(0, 2).text() == "1.000"
     assert w.session.labels.any(), "comparing leaves the session untouched"
 
 
@@ -189,9 +192,9 @@ def test_malformed_session_logs_give_a_message_not_a_crash(open_sam, qtbot, tmp_
         path = tmp_path / name
         path.write_text(text)
         n0 = _n_messages()
-        w.compare_with_model(str(path))
+        w.files.compare_with_model(str(path))
         if name != "other_image.json":
-            w.replay(str(path))
+            w.files.replay(str(path))
         wait_idle(qtbot, w)
         assert any(message in t for t in _messages(n0)), (name, _messages(n0))
     _commit_box(w, qtbot)  # still usable
@@ -200,10 +203,10 @@ def test_malformed_session_logs_give_a_message_not_a_crash(open_sam, qtbot, tmp_
 
 def test_text_field_is_disabled_for_models_without_text(open_sam, qtbot):
     viewer, w = open_sam("ct_phantom")
-    assert not w.text_edit.isEnabled() and not w.text_btn.isEnabled()
-    assert "no text-prompt support" in w.text_label.text()
+    assert not w.prompts.view.text_edit.isEnabled() and not w.prompts.view.text_btn.isEnabled()
+    assert "no text-prompt support" in w.prompts.view.text_label.text()
     n0 = _n_messages()
-    w.prompt_text("tumour")
+    w.prompts.prompt_text("tumour")
     assert any("no text-prompt support" in t for t in _messages(n0))
     assert not w.session.obj().prompts
 
@@ -215,23 +218,26 @@ def test_text_prompt_with_a_text_checkpoint(open_sam, qtbot, tmp_path):
     fake = register_fake()
     ckpt = text_checkpoint(tmp_path / "text.pt")
     viewer, w = open_sam("ct_phantom")
-    w.model_combo.setCurrentText("checkpoint file")
-    w.checkpoint_edit.setText(str(ckpt))
+    w.model.view.model_combo.setCurrentText("checkpoint file")
+    w.model.view.checkpoint_edit.setText(str(ckpt))
     engine = w.engine
-    w.load_btn.click()
+    w.model.view.load_btn.click()
     qtbot.waitUntil(lambda: w.engine is not engine, timeout=60_000)
     wait_idle(qtbot, w)
-    assert w.text_edit.isEnabled() and "12-d text embeddings" in w.text_label.text()
+    assert (
+        w.prompts.view.text_edit.isEnabled()
+        and "12-d text embeddings" in w.prompts.view.text_label.text()
+    )
     w.go_to(Z)
-    w.text_edit.setText("liver lesion")
-    w.text_btn.click()
+    w.prompts.view.text_edit.setText("liver lesion")
+    w.prompts.view.text_btn.click()
     wait_idle(qtbot, w)
     assert w.session.obj().prompts[Z] == {"text": "liver lesion"}
     assert ["liver lesion"] in fake.calls
     add_box(w, Z, 24, 45, 47, 64)  # text and a box together; the text stays
     wait_idle(qtbot, w)
     assert w.session.obj().prompts[Z] == {"box": [24.0, 45.0, 47.0, 64.0], "text": "liver lesion"}
-    w.commit()
+    w.objects.commit()
     path = _persist.save_log(w.session, tmp_path / "text.session.json")
     prompts = [e for e in _persist.load_log(path)["events"] if e["action"] == "prompt"]
     assert prompts[-1]["prompt"]["text"] == "liver lesion"

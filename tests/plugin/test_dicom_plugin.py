@@ -85,12 +85,12 @@ def test_refine_seg_and_send_it_to_the_pacs(open_sam, orthanc, qtbot, tmp_path: 
     viewer2, w = open_sam(vol.array, **geometry_kwargs(vol))
     viewer2.open(str(seg), plugin="napari-sam-med")
     viewer2.layers.selection.active = viewer2.layers["seg.dcm"]
-    assert w.import_labels_layer() == [2]
+    assert w.objects.import_labels_layer() == [2]
     assert w.session.obj(2).name == "lesion"
     np.testing.assert_array_equal(w.session.labels, labels)
-    w.undo()
+    w.files.undo()
     assert not w.session.labels.any()
-    w.redo()
+    w.files.redo()
 
     # send the committed objects back as SEG
     panel2 = PacsPanel(viewer2)

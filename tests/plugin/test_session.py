@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from napari_sam_med.plugin import _persist
+from napari_sam_med.plugin._annotate import accept_proposal, record_paint, reject_proposal
 from napari_sam_med.plugin._engine import Preview
 from napari_sam_med.plugin._session import Session
 from napari_sam_med.volume.slices import SlicePrediction
@@ -128,7 +129,7 @@ def _paint(s: Session, z: int, ys: slice, xs: slice, value: int):
     index = np.flatnonzero(region)
     before = s.labels.flat[index].copy()
     s.labels.flat[index] = value
-    return s.record_paint(index, before)
+    return record_paint(s, index, before)
 
 
 def test_brush_edits_and_time_spent_are_logged_and_undoable():
@@ -211,12 +212,12 @@ def test_proposals_accepted_become_objects_and_rejected_stay_as_negatives():
     )
     clock.now += 4.0
     p, seconds = queue.take(accepted=True)
-    obj = s.accept_proposal(p, seconds)
+    obj = accept_proposal(s, p, seconds)
     assert obj.label == 2 and obj.committed and obj.source == "proposal"
     assert int((s.labels == 2).sum()) == 16 and s.current == 2
     clock.now += 1.5
     p, seconds = queue.take(accepted=False)
-    s.reject_proposal(p, seconds)
+    reject_proposal(s, p, seconds)
     assert queue.current is None and (queue.accepted, queue.rejected) == (1, 1)
     log = validate_session_log(json.loads(json.dumps(_persist.session_log(s))))
     acc, rej = log["events"][-2:]
@@ -236,8 +237,8 @@ def test_a_replayed_review_gives_the_same_labels_and_log_decisions():
 
     s = Session(SHAPE, (1.0, 1.0, 1.0))
     s.new_object("manual")
-    s.accept_proposal(Proposal(2, _pred(2, (0, 0, 2, 2)), {"box": [0.0, 0.0, 2.0, 2.0]}), 3.0)
-    s.reject_proposal(Proposal(2, _pred(2, (5, 5, 8, 8)), {"box": [5.0, 5.0, 8.0, 8.0]}), 1.0)
+    accept_proposal(s, Proposal(2, _pred(2, (0, 0, 2, 2)), {"box": [0.0, 0.0, 2.0, 2.0]}), 3.0)
+    reject_proposal(s, Proposal(2, _pred(2, (5, 5, 8, 8)), {"box": [5.0, 5.0, 8.0, 8.0]}), 1.0)
 
     class Boxes:  # "predicts" exactly the box it is given
         model_info, preset = {"name": "boxes"}, "minmax"

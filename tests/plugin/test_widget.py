@@ -25,7 +25,7 @@ def test_sample_volume_loads_with_geometry_and_preset(open_sam, qtbot, sample_ma
     np.testing.assert_allclose(image.scale, info["spacing_xyz_mm"][::-1])
     np.testing.assert_allclose(image.translate, info["origin_lps_mm"][::-1])
     assert image.metadata[_layers.GEOMETRY_KEY]["spacing"] == pytest.approx(info["spacing_xyz_mm"])
-    assert w.preset_combo.currentText() == "ct_soft_tissue"
+    assert w.model.view.preset_combo.currentText() == "ct_soft_tissue"
     assert w.session.shape == image.data.shape
     for layer in (w.points_layer, w.shapes_layer, w.preview_layer, w.labels_layer):
         assert layer in viewer.layers
@@ -48,7 +48,7 @@ def test_point_shows_mask_on_its_slice_and_box_changes_it(open_sam, qtbot):
     assert after_point.any(), "a positive point must give a mask on its slice"
     assert not np.delete(w.preview_layer.data, Z, axis=0).any(), "only that slice changes"
     assert w.session.obj().prompts[Z]["points"] == [[35.0, 54.0]]
-    assert "IoU" in w.candidates_label.text()
+    assert "IoU" in w.prompts.view.candidates_label.text()
     add_box(w, Z, 24, 45, 47, 64)
     wait_idle(qtbot, w)
     assert w.session.obj().prompts[Z]["box"] == [24.0, 45.0, 47.0, 64.0]
@@ -75,14 +75,14 @@ def test_undo_redo_over_prompts_and_commits(open_sam, qtbot):
     wait_idle(qtbot, w)
     add_box(w, Z, 24, 45, 47, 64)
     wait_idle(qtbot, w)
-    w.commit_btn.click()
+    w.objects.view.commit_btn.click()
     committed = w.session.labels.copy()
     assert committed.any() and len(w.points_layer.data) == 1 and len(w.shapes_layer.data) == 1
     press(viewer, "Ctrl+Z")  # commit
     assert not w.session.labels.any() and not w.labels_layer.data.any()
-    w.undo_btn.click()  # the box
+    w.files.view.undo_btn.click()  # the box
     assert len(w.shapes_layer.data) == 0 and len(w.points_layer.data) == 1
-    w.undo_btn.click()  # the point
+    w.files.view.undo_btn.click()  # the point
     assert len(w.points_layer.data) == 0 and not w.preview_layer.data.any()
     for _ in range(3):
         press(viewer, "Ctrl+Shift+Z")
@@ -96,7 +96,7 @@ def test_two_objects_commit_without_overwriting(open_sam, qtbot):
     viewer, w = open_sam("ct_phantom")
     add_box(w, Z, 20, 40, 60, 80)
     wait_idle(qtbot, w)
-    w.commit_btn.click()
+    w.objects.view.commit_btn.click()
     first = w.session.labels == 1
     assert first.any()
     press(viewer, "N")
@@ -107,14 +107,14 @@ def test_two_objects_commit_without_overwriting(open_sam, qtbot):
     np.testing.assert_array_equal(w.session.labels == 1, first)  # object 1 untouched
     mask2 = w.session.object_mask(2)
     assert (w.session.labels == 2).sum() == (mask2 & ~first).sum() > 0
-    assert w.objects_table.rowCount() == 2
-    assert w.objects_table.item(1, 0).text() == "2"
-    assert float(w.objects_table.item(1, 3).text()) > 0  # volume in mL
-    w.relabel(5)
+    assert w.objects.view.objects_table.rowCount() == 2
+    assert w.objects.view.objects_table.item(1, 0).text() == "2"
+    assert float(w.objects.view.objects_table.item(1, 3).text()) > 0  # volume in mL
+    w.objects.relabel(5)
     assert set(np.unique(w.session.labels)) == {0, 1, 5}
-    w.delete_object()
+    w.objects.delete_object()
     assert set(np.unique(w.session.labels)) == {0, 1}
-    w.select_object(1)
+    w.objects.select_object(1)
     assert w.session.obj().prompts[Z]["box"] == [20.0, 40.0, 60.0, 80.0]
     assert len(w.shapes_layer.data) == 1
 
@@ -125,9 +125,9 @@ def test_save_and_reload_keeps_geometry(open_sam, qtbot, tmp_path):
     viewer, w = open_sam("ct_phantom")
     add_box(w, Z, 24, 45, 47, 64)
     wait_idle(qtbot, w)
-    w.commit()
-    w.labels_path.setText(str(tmp_path / "seg.nii.gz"))
-    w.save_btn.click()
+    w.objects.commit()
+    w.files.view.labels_path.setText(str(tmp_path / "seg.nii.gz"))
+    w.files.view.save_btn.click()
     source = read_volume(SAMPLE_DATA / "ct_phantom.nii.gz")
     saved = read_volume(tmp_path / "seg.nii.gz")
     np.testing.assert_allclose(saved.spacing, source.spacing, atol=1e-5)
@@ -172,10 +172,10 @@ def test_worker_errors_notify_and_keep_the_widget_usable(open_sam, qtbot, tmp_pa
     # a broken checkpoint file: the model fails to load, the old model stays in use
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a checkpoint")
-    w.model_combo.setCurrentText("checkpoint file")
-    w.checkpoint_edit.setText(str(bad))
-    w.load_btn.click()
-    qtbot.waitUntil(lambda: w.load_btn.isEnabled(), timeout=60_000)
+    w.model.view.model_combo.setCurrentText("checkpoint file")
+    w.model.view.checkpoint_edit.setText(str(bad))
+    w.model.view.load_btn.click()
+    qtbot.waitUntil(lambda: w.model.view.load_btn.isEnabled(), timeout=60_000)
     assert "checkpoint" in str(notification_manager.records[-1].message).lower()
     assert w.engine is engine
     add_point(w, Z, 30, 50)  # still works
@@ -189,13 +189,13 @@ def test_plain_2d_images(open_sam, qtbot, rgb):
     img = (rng.random((48, 64, 3) if rgb else (48, 64)) * 255).astype(np.uint8)
     img[10:30, 20:40] = 255
     viewer, w = open_sam(img, rgb=rgb)
-    assert w.preset_combo.currentText() == "identity"
+    assert w.model.view.preset_combo.currentText() == "identity"
     assert w.points_layer.ndim == 2 and w.preview_layer.data.shape == (48, 64)
     add_point(w, 0, 30, 20)
     wait_idle(qtbot, w)
     assert w.session.obj().prompts[0]["points"] == [[30.0, 20.0]]
     assert w.preview_layer.data.any()
-    w.commit()
+    w.objects.commit()
     assert w.labels_layer.data.shape == (48, 64) and w.labels_layer.data.any()
 
 
@@ -208,17 +208,17 @@ def test_replay_log_regenerates_masks_with_another_checkpoint(open_sam, qtbot, t
     viewer, w = open_sam("ct_phantom")
     add_point(w, Z, 35, 54)
     wait_idle(qtbot, w)
-    w.cycle_candidate()
+    w.prompts.cycle_candidate()
     add_box(w, Z, 24, 45, 47, 64)
     wait_idle(qtbot, w)
-    w.commit()
-    w.labels_path.setText(str(tmp_path / "seg.nrrd"))
-    _, log_path = w.save()
+    w.objects.commit()
+    w.files.view.labels_path.setText(str(tmp_path / "seg.nrrd"))
+    _, log_path = w.files.save()
     labels = w.session.labels.copy()
     prompts = dict(w.session.obj(1).prompts)
     # same model: identical result
-    w.log_path.setText(str(log_path))
-    w.replay_btn.click()
+    w.files.view.log_path.setText(str(log_path))
+    w.files.view.replay_btn.click()
     wait_idle(qtbot, w)
     np.testing.assert_array_equal(w.session.labels, labels)
     assert w.session.obj(1).prompts == prompts
@@ -226,12 +226,12 @@ def test_replay_log_regenerates_masks_with_another_checkpoint(open_sam, qtbot, t
     # another checkpoint: same prompts, masks regenerated by that model
     torch.manual_seed(123)
     ckpt = save_checkpoint(build_sam("tiny", device="cpu"), tmp_path / "other.pt")
-    w.model_combo.setCurrentText("checkpoint file")
-    w.checkpoint_edit.setText(str(ckpt))
-    w.load_btn.click()
+    w.model.view.model_combo.setCurrentText("checkpoint file")
+    w.model.view.checkpoint_edit.setText(str(ckpt))
+    w.model.view.load_btn.click()
     qtbot.waitUntil(lambda: w.engine.model_info["name"] == str(ckpt), timeout=60_000)
     wait_idle(qtbot, w)
-    w.replay(str(log_path))
+    w.files.replay(str(log_path))
     wait_idle(qtbot, w)
     assert w.session.obj(1).committed and w.session.obj(1).prompts[Z]["box"]
     assert w.session.model_info["name"] == str(ckpt)
@@ -242,15 +242,15 @@ def test_autosave_and_restore_offer(open_sam, qtbot):
     assert not w.restore_box.isVisibleTo(w)
     add_box(w, Z, 24, 45, 47, 64)
     wait_idle(qtbot, w)
-    w.commit()
-    w.rename("liver lesion")
+    w.objects.commit()
+    w.objects.rename("liver lesion")
     wait_idle(qtbot, w)
     labels = w.session.labels.copy()
     # "crash": reopen the same image in a fresh viewer and widget
     viewer2, w2 = open_sam("ct_phantom")
     assert w2.restore_box.isVisibleTo(w2)
-    assert "1 objects" in w2.restore_label.text()
-    w2.restore_btn.click()
+    assert "1 objects" in w2.restore_box.restore_label.text()
+    w2.restore_box.restore_btn.click()
     wait_idle(qtbot, w2)
     np.testing.assert_array_equal(w2.session.labels, labels)
     np.testing.assert_array_equal(w2.labels_layer.data, labels)
@@ -282,12 +282,12 @@ def test_precompute_shows_progress_can_be_cancelled_and_fills_the_disk_cache(
 
     viewer, w = open_sam("ct_phantom")
     ckpt = save_checkpoint(build_sam("tiny", device="cpu"), tmp_path / "tiny.pt")
-    w.model_combo.setCurrentText("checkpoint file")
-    w.checkpoint_edit.setText(str(ckpt))
+    w.model.view.model_combo.setCurrentText("checkpoint file")
+    w.model.view.checkpoint_edit.setText(str(ckpt))
 
     def reload() -> None:
         engine = w.engine
-        w.load_btn.click()
+        w.model.view.load_btn.click()
         qtbot.waitUntil(lambda: w.engine is not engine, timeout=60_000)
         wait_idle(qtbot, w)
 
@@ -298,13 +298,13 @@ def test_precompute_shows_progress_can_be_cancelled_and_fills_the_disk_cache(
     def on_progress(value: int) -> None:
         seen.append(value)
         if value >= 3:
-            w.cancel_btn.click()
+            w.activity.view.cancel_btn.click()
 
-    w.progress.valueChanged.connect(on_progress)
-    w.precompute_btn.click()
-    assert w.cancel_btn.isEnabled()
+    w.activity.view.progress.valueChanged.connect(on_progress)
+    w.model.view.precompute_btn.click()
+    assert w.activity.view.cancel_btn.isEnabled()
     wait_idle(qtbot, w)
-    w.progress.valueChanged.disconnect(on_progress)
+    w.activity.view.progress.valueChanged.disconnect(on_progress)
     done = [z for z in range(n) if w.engine.is_embedded(z)]
     assert 3 <= len(done) < n, len(done)  # cancelled part-way
     assert seen and max(seen) < n

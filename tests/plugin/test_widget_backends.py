@@ -13,17 +13,18 @@ Z = 22
 
 
 def _reload(w, qtbot, name: str) -> None:
-    w.load_btn.click()
-    qtbot.waitUntil(lambda: w.engine.model_info["name"] == name, timeout=WORKER_TIMEOUT_MS)
+    w.model.view.load_btn.click()  # disabled until the loading worker ends, failed or not
+    qtbot.waitUntil(lambda: w.model.view.load_btn.isEnabled(), timeout=WORKER_TIMEOUT_MS)
     wait_idle(qtbot, w)
+    assert w.engine.model_info["name"] == name, w.activity.view.status.text()
 
 
 def test_fast_mode_checkbox_loads_a_bf16_encoder(open_sam, qtbot):
     viewer, w = open_sam("ct_phantom")
-    assert not w.fast_check.isChecked()
+    assert not w.model.view.fast_check.isChecked()
     assert w.engine.model.encoder_autocast is None
-    w.fast_check.setChecked(True)
-    w.model_combo.setCurrentText("tiny")
+    w.model.view.fast_check.setChecked(True)
+    w.model.view.model_combo.setCurrentText("tiny")
     w.engine.model_info["name"] = "before"  # so that the reload is visible
     _reload(w, qtbot, "tiny")
     assert w.engine.model.encoder_autocast is torch.bfloat16
@@ -42,8 +43,8 @@ def test_onnx_export_folder_as_model(open_sam, qtbot, tmp_path):
     torch.manual_seed(0)
     folder = export_onnx(build_sam("tiny", device="cpu"), tmp_path / "tiny_onnx", validate=False)
     viewer, w = open_sam("ct_phantom")
-    w.model_combo.setCurrentText("checkpoint file")
-    w.checkpoint_edit.setText(str(folder))
+    w.model.view.model_combo.setCurrentText("checkpoint file")
+    w.model.view.checkpoint_edit.setText(str(folder))
     _reload(w, qtbot, str(folder))
     assert isinstance(w.engine.model, OnnxSam)
     add_point(w, Z, 35, 54)

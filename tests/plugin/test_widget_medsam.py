@@ -65,7 +65,7 @@ def test_box_3d_and_a_local_correction(open_sam, qtbot, truth):
     assert span is not None and span[1] - span[0] + 1 >= 5, span
     assert _dice(w.preview_layer.data > 0, truth) > 0.75
     flagged = obj.seg.flagged_slices()
-    assert w.flagged_list.count() == len(flagged)
+    assert w.volume.view.flagged_list.count() == len(flagged)
     if flagged:
         press(viewer, "J")
         assert w.current_z() in flagged
@@ -87,16 +87,16 @@ def test_box_3d_and_a_local_correction(open_sam, qtbot, truth):
     assert max(changed) - min(changed) <= 4, changed  # only the nearby slices
     assert [e["action"] for e in w.session.events[-2:]] == ["prompt", "correct"]
 
-    w.undo()  # the re-propagation
-    w.undo()  # the click
+    w.files.undo()  # the re-propagation
+    w.files.undo()  # the click
     restored = w.session.obj().seg.slices
     assert set(restored) == set(before)
     assert all(np.array_equal(restored[z].mask, m) for z, m in before.items())
-    w.redo()
-    w.redo()
+    w.files.redo()
+    w.files.redo()
     assert all(np.array_equal(w.session.obj().seg.slices[z].mask, after[z].mask) for z in after)
 
-    w.commit()
+    w.objects.commit()
     assert _dice(w.session.labels == 1, truth) > 0.7
 
 
@@ -107,6 +107,7 @@ def test_screenshot_shows_the_mask_colour_on_the_tumour(open_sam, qtbot, tmp_pat
     w.go_to(Z)
     add_box(w, Z, *BOX)
     wait_idle(qtbot, w)
+    w.volume.view.outline_check.setChecked(False)  # the filled preview (outline by default)
     w.shapes_layer.visible = False  # only the image and the mask overlay
     w.points_layer.visible = False
     ys, xs = np.nonzero(truth[Z])
