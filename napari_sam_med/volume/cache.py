@@ -212,10 +212,16 @@ class EmbeddingCache:
             return None
 
     def put(self, key: str, index: int, embedding: torch.Tensor) -> None:
-        """Store a float embedding (memory always; disk when configured, atomically)."""
+        """Store a float embedding (memory always; disk when configured, atomically).
+
+        With a disk store the embedding is rounded to float16 in memory too, so that the run
+        that computes it answers exactly as every later run that reads it back (a cold and a
+        warm cache give the same masks, the same stop decisions)."""
         t = embedding.detach().float().cpu()
-        self._remember(key, index, t)
         path = self._path(key, index)
+        if path is not None:
+            t = t.half().float()
+        self._remember(key, index, t)
         if path is None:
             return
         try:

@@ -28,7 +28,12 @@ def test_lazy_and_reused_from_disk(tiny_model, volume, tmp_path):
     emb2, _ = reopened.embedding(2)
     assert reopened.encoder_calls == 0
     assert reopened.cache.disk_hits == 1
-    torch.testing.assert_close(emb1, emb2, rtol=0, atol=2e-3 * float(emb1.abs().max()))
+    # the run that computed it used what later runs read back: a cold and a warm cache answer
+    # alike (same masks, same stop decisions)
+    assert torch.equal(emb1, emb2)
+    a = seg.predict(2, box=np.array([5, 5, 30, 30]))
+    b = reopened.predict(2, box=np.array([5, 5, 30, 30]))
+    assert np.array_equal(a.mask, b.mask) and a.iou == b.iou
 
 
 def test_key_changes_with_preset_axis_and_content(tiny_model, volume, tmp_path):
