@@ -13,7 +13,7 @@ measures how close the model gets from the same prompts to the (refined) annotat
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,9 @@ class ReplayResult:
     skipped: dict[int, str]
 
 
-def replay_objects(state: LogState, segmenter: Any) -> Iterator[ReplayProgress]:
+def replay_objects(
+    state: LogState, segmenter: Any
+) -> Generator[ReplayProgress, None, ReplayResult]:
     """Re-segment every committed object of a log from its final prompts with ``segmenter``.
 
     Each prompted slice gets the logged candidate (the default one when the log has none,

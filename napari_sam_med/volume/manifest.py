@@ -84,8 +84,8 @@ class ObjectSpec:
 
     def to_json(self) -> dict[str, Any]:
         """The prompt as JSON (what a resume fingerprint and the QC trace record)."""
-        keys = ("label", "name", "space", "box3d", "box", "slice", "points", "point_labels")
-        keys += ("text", "text_slices")
+        keys: tuple[str, ...] = ("label", "name", "space", "box3d", "box", "slice", "points")
+        keys += ("point_labels", "text", "text_slices")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 

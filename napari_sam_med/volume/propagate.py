@@ -151,7 +151,7 @@ class Propagator:
         box (its xy extent and z-range).
         """
         z = self.seg.check_index(z)
-        lo, hi = 0, self.seg.num_slices - 1
+        lo, hi = 0.0, float(self.seg.num_slices - 1)
         _read_prompts(obj)
         for p in obj.key_prompts.values():
             if p.box3d is not None:
@@ -206,8 +206,7 @@ class Propagator:
         pred = None if self.key_predictor is None else self.key_predictor(z, p, correction)
         if pred is None:
             if p.box is not None and p.points and self._clicks_edit_box():
-                box, pts, lab = p.arrays()
-                p = p.replace(edited_box=_edit_box(box, pts, lab, self.margin()))
+                p = p.replace(edited_box=_edit_box(*_box_and_clicks(p), self.margin()))
                 obj.key_prompts[z] = p
             pred = self._model_key(obj.slices.get(z), z, p, correction)
         return self._clip(pred, clip)
@@ -222,8 +221,7 @@ class Propagator:
         )
         seen = p if p.edited_box is None else SlicePrompt(box=p.edited_box, text=p.text)
         if p.edited_box is None and p.box is not None and p.points and self._takes_in_clicks():
-            box, pts, lab = p.arrays()
-            seen = p.replace(box=take_in_clicks(box, pts, lab, self.margin()))
+            seen = p.replace(box=take_in_clicks(*_box_and_clicks(p), self.margin()))
         return self.seg.predict(
             z,
             seen,
@@ -394,3 +392,9 @@ def run(job: Iterator[Progress]) -> list[Progress]:
     """Consume a job to the end (no progress display); returns the progress events."""
     return list(job)
 
+
+def _box_and_clicks(p: SlicePrompt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    box, pts, lab = p.arrays()  # the box, points and labels of a prompt with a box and clicks
+    if box is None or pts is None or lab is None:
+        raise ValueError(f"expected a box and clicks; got {p.to_json()}")
+    return box, pts, lab

@@ -133,8 +133,10 @@ def segment_volume(
             if p.text is not None:
                 obj.key_prompts = add_text(obj.key_prompts, p.text)
             job = prop.key_slices(obj)
-        else:
+        elif p.text is not None:
             job = segment_text(prop, obj, p.text, p.text_range)
+        else:  # the manifest's reader refuses an object without a prompt
+            raise ValueError(f"object {p.label} ({p.name}) has no prompt")
         for ev in job:
             if on_progress is not None:
                 on_progress(

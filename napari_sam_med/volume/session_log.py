@@ -130,12 +130,12 @@ def _check_event(ev: Any, where: str) -> None:
         _require(isinstance(edits, list) and all(map(_is_edit, edits)), where, "edits",
                  "a list of {z, value, rle}", edits)  # fmt: skip
         keys = ("z", "added", "removed")
-        ok = isinstance(objects, list) and all(
+        objects_ok = isinstance(objects, list) and all(
             isinstance(o, dict) and _is_int(o.get("label"), 1)
             and all(_is_int(o.get(k)) for k in keys)
             for o in objects
         )  # fmt: skip
-        _require(ok, where, "objects", "a list of {label, z, added, removed}", objects)
+        _require(objects_ok, where, "objects", "a list of {label, z, added, removed}", objects)
 
 
 def _is_edit(e: Any) -> bool:

@@ -63,6 +63,8 @@ def object_prompts(spec: ObjectSpec, volume: Volume) -> VoxelPrompt:
         return out
     if spec.box is not None:
         x0, y0, x1, y1 = spec.box
+        if spec.slice is None:  # the manifest's reader requires it with a box
+            raise ManifestError(f"{spec.where}.slice: missing; expected the box's slice")
         if world:
             b = _enclosing_box(volume, [x0, y0, spec.slice], [x1, y1, spec.slice])
             z = (b[2] + b[5]) / 2.0
@@ -71,7 +73,7 @@ def object_prompts(spec: ObjectSpec, volume: Volume) -> VoxelPrompt:
             box, z = [x0, y0, x1, y1], _voxel_slice(spec.slice, spec, "slice")
         box = _in_grid(box, (0, 1, 0, 1), size, spec, "box")
         zi = round(_in_grid([z], (2,), size, spec, "slice")[0])
-        out.key_prompts[zi] = SlicePrompt(box=box)
+        out.key_prompts[zi] = SlicePrompt(box=(box[0], box[1], box[2], box[3]))
     if spec.points is not None:
         pts = np.asarray(spec.points, dtype=np.float64)
         if world:
@@ -96,7 +98,7 @@ def _enclosing_box(volume: Volume, lo: list[float], hi: list[float]) -> list[flo
         [[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])]
     )
     ijk = np.atleast_2d(world_to_index(volume, corners))
-    return [float(v) for v in np.round(np.r_[ijk.min(0), ijk.max(0)], 4)]
+    return [float(v) for v in np.round(np.concatenate([ijk.min(0), ijk.max(0)]), 4).tolist()]
 
 
 def _in_grid(
