@@ -25,6 +25,7 @@ SPEC_FILES = {
     "vit_h": "state_dict_sam_vit_h.tsv",
     "medsam_vit_b": "state_dict_sam_vit_b.tsv",
     "lite_medsam": "state_dict_lite_medsam.tsv",
+    "sam_med_lite": "state_dict_lite_medsam.tsv",  # ours: LiteMedSAM's architecture and keys
 }
 
 
