@@ -43,7 +43,7 @@ def run_cli(model_name: str) -> tuple[float, int]:
     from napari_sam_med import build_sam
     from napari_sam_med.volume.cache import EmbeddingCache
     from napari_sam_med.volume.io import read_volume
-    from napari_sam_med.volume.manifest import VoxelPrompt
+    from napari_sam_med.volume.voxel_prompts import VoxelPrompt
     from napari_sam_med.volume.segment import segment_volume
     from napari_sam_med.volume.slices import SliceSegmenter
 
