@@ -43,9 +43,9 @@ def run_cli(model_name: str) -> tuple[float, int]:
     from napari_sam_med import build_sam
     from napari_sam_med.volume.cache import EmbeddingCache
     from napari_sam_med.volume.io import read_volume
-    from napari_sam_med.volume.voxel_prompts import VoxelPrompt
     from napari_sam_med.volume.segment import segment_volume
     from napari_sam_med.volume.slices import SliceSegmenter
+    from napari_sam_med.volume.voxel_prompts import VoxelPrompt
 
     volume = read_volume(REPO / "sample_data" / "ct_phantom.nii.gz")
     model = build_sam(model_name, device="cpu")
