@@ -352,6 +352,9 @@ class Propagator:
     def _repropagate(
         self, obj: ObjectSegmentation, z: int, step: int, clip, z_range: tuple[int, int]
     ) -> Iterator[int]:
+        mode = self._repropagate_mode()
+        if mode == "off":  # the click changes its own slice only
+            return
         prev = obj.slices[z]
         zz = z + step
         while z_range[0] <= zz <= z_range[1] and zz not in obj.key_prompts:
@@ -362,9 +365,6 @@ class Propagator:
                     yield zz
                     zz += step
                     continue
-                break
-            mode = self._repropagate_mode()
-            if mode == "off":
                 break
             widen = old if mode in ("keep", "union") else None
             pred = self._step(prev, zz, clip, widen, old if mode == "keep" else None)
