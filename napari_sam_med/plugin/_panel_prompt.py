@@ -2,13 +2,16 @@
 text prompts.
 
 Points and boxes drawn on the prompt layers are diffed against the current object's prompts;
-a changed slice is predicted in the ``preview`` worker slot (one at a time, the newest prompt
-of a slice wins). A prediction on an object already propagated in 3D starts a correction job
-through the :class:`~._panel_volume.VolumePanel`.
+a changed slice is predicted one at a time (the newest prompt of a slice wins): the first mask
+in the GUI thread when the slice is embedded and the engine is free (a decode is 20-40 ms), the
+other ambiguity candidates and anything that needs an embedding in the ``preview`` worker
+slot. A prediction on an object already propagated in 3D starts a correction job through the
+:class:`~._panel_volume.VolumePanel`.
 """
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 from qtpy.QtCore import QTimer
@@ -124,6 +127,8 @@ class PromptPanel:
             return
         model_prompt = ws.session.model_prompt(label, z, prompt)
         self.inflight = (z, prompt)
+        if self._preview_here(label, z, prompt, model_prompt):
+            return
         if not ws.engine.is_embedded(z):
             ws.activity.say(f"Embedding slice {z}...")
         ws.activity.run(
@@ -132,6 +137,29 @@ class PromptPanel:
             on_done=self._candidates_ready, on_fail=self._preview_failed,
             on_finished=self._preview_finished,
         )  # fmt: skip
+
+    def _preview_here(self, label: int, z: int, prompt: dict, model_prompt: Any) -> bool:
+        """Show the first mask of a preview decoded in this (GUI) thread, before napari
+        repaints; the other candidates follow from a worker. False: use the worker path
+        (the slice is not embedded, or a 3D job holds the engine)."""
+        ws, action = self.ws, f"2D prediction on slice {z}"
+        threads = 1 if ws.activity.running("embed") else None  # share the CPU with it
+        try:
+            started = _workers.first_preview(ws.engine, z, model_prompt, threads)
+        except Exception as exc:  # reported like a worker's failure; nothing changes
+            self.inflight = None
+            self._preview_failed(_workers.Failure(action, exc, traceback.format_exc()))
+            return True
+        if started is None:
+            return False
+        first, rest = started
+        self.preview_done(label, z, prompt, first)
+        ws.activity.run(
+            "preview", action, _workers.rest_of_preview, rest,
+            on_done=self._candidates_ready, on_fail=self._preview_failed,
+            on_finished=self._preview_finished,
+        )  # fmt: skip
+        return True
 
     def _preview_failed(self, failure: _workers.Failure) -> None:
         """Report, and put the prompt layers back to the state the session still holds."""

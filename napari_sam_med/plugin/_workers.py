@@ -189,6 +189,44 @@ def preview(engine: Any, z: int, prompt: dict[str, Any]) -> Iterator[Any]:
         torch.set_num_threads(threads)
 
 
+def first_preview(engine: Any, z: int, prompt: Any, threads: int | None = None) -> Any:
+    """The first mask of a preview, decoded in the calling (GUI) thread, when that is quick.
+
+    Returns ``(preview, rest)``: the mask to show now and the generator that decodes the
+    remaining ambiguity candidates (hand it to :func:`rest_of_preview` in a worker). Returns
+    None, and decodes nothing, when the slice is not embedded yet or another thread holds the
+    engine (a 3D job): the worker path (:func:`preview`) must be used then. A click decodes in
+    20-40 ms on a CPU; in a worker it waited for napari's repaint of the new point instead.
+    ``threads`` (None keeps the current count) is the torch thread count for the decode.
+    """
+    import torch
+
+    if not engine.is_embedded(z) or not engine.lock.acquire(blocking=False):
+        return None
+    before = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        steps = engine.preview_steps(z, prompt)
+        return next(steps), steps
+    finally:
+        torch.set_num_threads(before)
+        engine.lock.release()
+
+
+def rest_of_preview(steps: Iterator[Any]) -> Iterator[Any]:
+    """Finish a preview that :func:`first_preview` started: returns the preview with all
+    ambiguity candidates (decoded on one torch thread, as :func:`preview` does)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return (yield from steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run_job(job: Any) -> Iterator[Any]:
     """Drive a 3D job (``_session.Job``); yields its ``Progress``; returns the job."""
     yield from job.steps
