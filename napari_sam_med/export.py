@@ -30,12 +30,10 @@ import numpy as np
 
 from .errors import OutputExistsError
 from .outputs import write_json_atomic
+from .volume.datasets import find_pairs, read_msd
 from .volume.io import (
-    READ_SUFFIXES,
     case_name,  # noqa: F401  (re-exported: the plugin and CLI use it)
     check_label_matches,
-    file_stem,
-    file_suffix,
     read_volume,
     write_labels,
     write_volume,
@@ -43,9 +41,6 @@ from .volume.io import (
 from .volume.session_log import labels_beside, load_session_log
 
 logger = logging.getLogger(__name__)
-LABEL_SUFFIXES = ("_label", "_labels", "_mask", "_seg", "_gt")
-_IMAGE_SUFFIXES = ("_image", "_img", "_0000")
-_PAIR_DIRS = (("imagesTr", "labelsTr"), ("images", "labels"))
 
 
 @dataclass(frozen=True)
@@ -250,10 +245,12 @@ def parse_label_names(specs: list[str] | None) -> dict[int, str]:
 def discover_cases(path: str | os.PathLike) -> tuple[list[EvalCase], dict[int, str]]:
     """Labelled cases of an MSD ``dataset.json`` (file or its folder) or a folder of pairs.
 
-    Folder layouts: ``imagesTr/X[_0000].ext`` + ``labelsTr/X.ext`` (also ``images``/``labels``),
-    or ``X[_image].ext`` + ``X_label.ext`` (``_labels``, ``_mask``, ``_seg``, ``_gt``) side by
-    side in the folder or any sub-folder (``STS_001/CT_image.nii.gz`` + ``CT_mask.nii.gz`` is
-    case ``STS_001/CT``).
+    The rules are :mod:`napari_sam_med.volume.datasets`' (shared with ``training/``): folder
+    layouts ``imagesTr/X[_0000].ext`` + ``labelsTr/X.ext`` (also ``images``/``labels``...), or
+    ``X[_image].ext`` + ``X_label.ext`` (``_labels``, ``_mask``, ``_seg``, ``_gt``) side by side
+    in the folder or any sub-folder (``STS_001/CT_image.nii.gz`` + ``CT_mask.nii.gz`` is case
+    ``STS_001/CT``). DICOM series folders are left out (evaluation reads label volumes); the
+    modality comes from ``dataset.json`` only (for a folder it is guessed later, per case).
 
     Returns:
         ``(cases, label_names)``; names keyed by label value (from ``dataset.json``, else empty).
@@ -262,75 +259,10 @@ def discover_cases(path: str | os.PathLike) -> tuple[list[EvalCase], dict[int, s
         ValueError: unreadable JSON, missing files, or no pairs found (naming the path).
     """
     p = Path(path)
-    if p.is_file() and p.suffix == ".json":
-        return _cases_from_msd(p)
-    if p.is_dir() and (p / "dataset.json").is_file():
-        return _cases_from_msd(p / "dataset.json")
+    if (p.is_file() and p.suffix == ".json") or (p.is_dir() and (p / "dataset.json").is_file()):
+        found, names = read_msd(p, check_files=True)
+        return [EvalCase(c.case, c.image, str(c.label), c.modality) for c in found], names
     if not p.is_dir():
         raise ValueError(f"{p}: expected a dataset.json or a folder of image/label pairs")
-    cases = _pairs_in_folder(p)
-    if not cases:
-        raise ValueError(
-            f"{p}: found no image/label pairs (expected imagesTr/ + labelsTr/, images/ + "
-            f"labels/, or X.nii.gz + X_label.nii.gz)"
-        )
-    return cases, {}
-
-
-def _cases_from_msd(path: Path) -> tuple[list[EvalCase], dict[int, str]]:
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read the dataset.json ({err})") from err
-    mods = meta.get("modality") or meta.get("channel_names") or {}
-    modality = str(mods.get("0")) if isinstance(mods, dict) and "0" in mods else None
-    names: dict[int, str] = {}
-    for k, v in (meta.get("labels") or {}).items():
-        if str(k).isdigit():
-            names[int(k)] = str(v)
-        elif isinstance(v, int):  # nnU-Net v2: {"tumour": 1}
-            names[v] = str(k)
-    names.pop(0, None)
-    cases = []
-    for i, entry in enumerate(meta.get("training") or []):
-        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-            raise ValueError(f"{path}: training entry {i} needs 'image' and 'label', got {entry}")
-        image, label = (path.parent / entry["image"]).resolve(), (path.parent / entry["label"])
-        for f in (image, label):
-            if not f.exists():
-                raise ValueError(f"{path}: training entry {i}: {f} does not exist")
-        cases.append(EvalCase(file_stem(image), str(image), str(label.resolve()), modality))
-    if not cases:
-        raise ValueError(f"{path}: no cases in 'training'")
-    return cases, names
-
-
-def _volumes(folder: Path) -> dict[str, Path]:
-    ok = [f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")]
-    return {file_stem(f): f for f in ok if file_suffix(f) in READ_SUFFIXES and f.suffix != ".dcm"}
-
-
-def _pairs_in_folder(root: Path) -> list[EvalCase]:
-    for img_dir, lbl_dir in _PAIR_DIRS:
-        if (root / img_dir).is_dir() and (root / lbl_dir).is_dir():
-            labels = _volumes(root / lbl_dir)
-            out = []
-            for stem, img in _volumes(root / img_dir).items():
-                lbl = labels.get(stem) or labels.get(stem.removesuffix("_0000"))
-                if lbl is None:
-                    logger.warning("%s: no label in %s; not evaluated", img, root / lbl_dir)
-                    continue
-                out.append(EvalCase(stem.removesuffix("_0000"), str(img), str(lbl)))
-            return out
-    out = []
-    for folder in [root, *sorted(d for d in root.rglob("*") if d.is_dir())]:
-        files = _volumes(folder)
-        rel = folder.relative_to(root).as_posix()
-        for stem, img in files.items():
-            base = next((stem[: -len(s)] for s in _IMAGE_SUFFIXES if stem.endswith(s)), stem)
-            if stem.endswith(LABEL_SUFFIXES) or not base:
-                continue
-            lbl = next((files[base + s] for s in LABEL_SUFFIXES if base + s in files), None)
-            if lbl is not None:
-                out.append(EvalCase(base if rel == "." else f"{rel}/{base}", str(img), str(lbl)))
-    return out
+    found = find_pairs(p, dicom_series=False)
+    return [EvalCase(c.case, c.image, str(c.label)) for c in found], {}

@@ -22,9 +22,10 @@ import numpy as np
 from monai.transforms import Transform
 
 from napari_sam_med.preprocessing import apply_intensity, guess_preset, intensity_range
+from napari_sam_med.volume.datasets import Case
 from napari_sam_med.volume.io import Volume
 
-from .cases import Case, load_case_arrays
+from .cases import load_case_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class LoadCased:
         self.rtstruct_rois = rtstruct_rois
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Load one case dict (see :meth:`training.cases.Case.to_dict`)."""
+        """Load one case dict (see :meth:`napari_sam_med.volume.datasets.Case.to_dict`)."""
         from monai.data import MetaTensor
 
         case = Case(**{k: data[k] for k in ("case", "patient", "image", "label", "modality")})

@@ -38,9 +38,8 @@ from napari_sam_med.config import get_config
 from napari_sam_med.device import amp_dtype, autocast_context, resolve_device
 from napari_sam_med.modeling.image_encoder import Block, PatchEmbed
 from napari_sam_med.preprocessing import apply_intensity, guess_preset, prepare_image
+from napari_sam_med.volume.datasets import find_pairs
 from napari_sam_med.volume.io import read_volume
-
-from .cases import cases_from_folder
 
 logger = logging.getLogger("training.mae")
 
@@ -185,7 +184,7 @@ def transfer_to_sam(mae: MAE, sam_name: str) -> nn.Module:
 
 def slice_sampler(data_path: str, img_size: int, encoder: str, seed: int):
     """Yield normalised ``(3, S, S)`` slices of every volume below ``data_path`` (labels unused)."""
-    cases = cases_from_folder(data_path, require_labels=False)
+    cases = find_pairs(data_path, require_labels=False)
     volumes = []
     for case in cases:
         vol = read_volume(case.image)

@@ -15,8 +15,9 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from napari_sam_med.device import resolve_device
+from napari_sam_med.volume.datasets import find_pairs, read_msd
 
-from .cases import apply_patient_regex, cases_from_csv, cases_from_folder, cases_from_msd
+from .cases import apply_patient_regex, cases_from_csv
 from .config import TrainConfig
 from .data import load_volumes
 from .sampling import TrainSlices, ValSlices
@@ -28,11 +29,11 @@ logger = logging.getLogger("training")
 def find_cases(data_cfg: Any) -> list:
     """All cases named by ``data.source`` / ``data.path`` (patient regex applied)."""
     if data_cfg.source == "msd":
-        cases = cases_from_msd(data_cfg.path)[0]
+        cases = read_msd(data_cfg.path)[0]
     elif data_cfg.source == "csv":
         cases = cases_from_csv(data_cfg.path)
     else:
-        cases = cases_from_folder(data_cfg.path)
+        cases = find_pairs(data_cfg.path)
     return apply_patient_regex(cases, data_cfg.patient_regex)
 
 

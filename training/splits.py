@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .cases import Case
+from napari_sam_med.volume.datasets import Case
 
 logger = logging.getLogger(__name__)
 

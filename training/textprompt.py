@@ -51,9 +51,9 @@ def label_names(data_cfg: Any) -> dict[int, str]:
     """``{label value: name}`` from ``data.label_names``, else the MSD ``dataset.json``."""
     names: dict[int, str] = {}
     if data_cfg.source == "msd":
-        from .cases import cases_from_msd
+        from napari_sam_med.volume.datasets import read_msd
 
-        names = dict(cases_from_msd(data_cfg.path, require_labels=False)[1])
+        names = dict(read_msd(data_cfg.path, require_labels=False)[1])
     for key, value in (data_cfg.label_names or {}).items():
         names[int(key)] = str(value)
     return names

@@ -10,9 +10,10 @@ from conftest import make_volume, write_case  # noqa: I001 - the local test help
 
 from napari_sam_med.config import get_config
 from napari_sam_med.preprocessing import apply_intensity
+from napari_sam_med.volume.datasets import find_pairs, read_msd
 from napari_sam_med.volume.geometry import Volume
 from napari_sam_med.volume.io import write_volume
-from training.cases import cases_from_csv, cases_from_folder, cases_from_msd
+from training.cases import cases_from_csv
 from training.config import load_config
 from training.data import load_volumes
 from training.sampling import TrainSlices, ValSlices
@@ -24,7 +25,7 @@ def _cfg(**over):
 
 
 def test_pipeline_is_ras_channel_first_and_uses_the_inference_presets(synthetic_dataset):
-    cases = cases_from_folder(synthetic_dataset)
+    cases = find_pairs(synthetic_dataset)
     vols = load_volumes(cases[:1], _cfg(cache="none"))
     item = vols.get(0)
     image, label = np.asarray(item["image"]), np.asarray(item["label"])
@@ -48,7 +49,7 @@ def test_bad_cases_are_reported_by_name_and_skipped_or_stop(tmp_path):
     )
     write_case(root, "corrupt", img, lab)
     (root / "corrupt" / "CT_image.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
-    cases = cases_from_folder(root)
+    cases = find_pairs(root)
     vols = load_volumes(cases, _cfg(on_bad_case="skip"))
     assert [c.case for c in vols.cases] == ["good/CT"]
     reasons = {s["case"]: s["reason"] for s in vols.skipped}
@@ -68,7 +69,7 @@ def test_msd_and_csv_sources(tmp_path, synthetic_dataset):
     ]
     meta = {"labels": {"0": "background", "1": "tumour"}, "modality": {"0": "CT"}}
     (synthetic_dataset / "dataset.json").write_text(json.dumps({**meta, "training": entries}))
-    msd, names = cases_from_msd(synthetic_dataset)
+    msd, names = read_msd(synthetic_dataset)
     assert len(msd) == 4 and names == {1: "tumour"} and msd[0].modality == "CT"
     rows = ["image,label,patient"] + [
         f"P{i}/CT_image.nii.gz,P{i}/CT_mask.nii.gz,pat{i // 2}" for i in range(4)
@@ -81,7 +82,7 @@ def test_msd_and_csv_sources(tmp_path, synthetic_dataset):
 
 def test_train_samples_are_deterministic_objects_on_the_model_grid(synthetic_dataset):
     cfg = _cfg(cache="memory", objects="components")
-    vols = load_volumes(cases_from_folder(synthetic_dataset), cfg)
+    vols = load_volumes(find_pairs(synthetic_dataset), cfg)
     aug = load_config(None).aug
     ds = TrainSlices(vols, cfg, aug, get_config("tiny"), seed=0)
     a, b = ds[3], ds[3]
@@ -96,7 +97,7 @@ def test_train_samples_are_deterministic_objects_on_the_model_grid(synthetic_dat
 
 @pytest.mark.shared_data
 def test_dicom_series_with_rtstruct_loads(shared_data):
-    cases = cases_from_folder(shared_data / "ibsi_sts_dicom")
+    cases = find_pairs(shared_data / "ibsi_sts_dicom")
     ct = [c for c in cases if c.case == "STS_001/CT"]
     vols = load_volumes(ct, _cfg(cache="none"))
     assert not vols.skipped and np.asarray(vols.get(0)["label"]).sum() > 0

@@ -9,7 +9,7 @@ from conftest import make_volume  # noqa: I001 - the local test helper
 
 from napari_sam_med.build import build_sam
 from napari_sam_med.config import get_config
-from training.cases import cases_from_folder
+from napari_sam_med.volume.datasets import find_pairs
 from training.config import load_config
 from training.data import load_volumes
 from training.engine import EmbeddingStore, InteractiveStep, encoder_fingerprint
@@ -91,7 +91,7 @@ def test_propagation_samples_train_with_empty_targets(prop_dataset):
     over = [f"data.path={prop_dataset}", "data.propagate_prob=1.0", "data.cache=memory"]
     over += ["data.propagate_past_end_prob=0.5", "data.min_object_area=4"]
     cfg = load_config(None, over)
-    vols = load_volumes(cases_from_folder(prop_dataset), cfg.data)
+    vols = load_volumes(find_pairs(prop_dataset), cfg.data)
     ds = TrainSlices(vols, cfg.data, None, get_config("tiny"), seed=0)
     items = [ds[i] for i in range(24)]
     assert all(torch.isfinite(it["prompt_box"]).all() for it in items)
