@@ -50,7 +50,7 @@ def array_hash(array: np.ndarray) -> str:
     arr = np.ascontiguousarray(array)
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{arr.dtype.str}{arr.shape}".encode())
-    h.update(memoryview(arr).cast("B"))
+    h.update(arr.data.cast("B"))  # ``arr.data`` is ``memoryview(arr)``
     return h.hexdigest()
 
 
@@ -70,11 +70,11 @@ def model_weights_id(model: Any) -> str:
         st = os.stat(path)
         key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
         if key not in _WEIGHTS_HASHES:
-            h = hashlib.sha256()
+            sha = hashlib.sha256()
             with open(path, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-            _WEIGHTS_HASHES[key] = h.hexdigest()[:16]
+                    sha.update(block)
+            _WEIGHTS_HASHES[key] = sha.hexdigest()[:16]
         return f"{name}-{norm}-{_WEIGHTS_HASHES[key]}"
     h = hashlib.blake2b(digest_size=8)
     for k, v in model.image_encoder.state_dict().items():
@@ -127,7 +127,7 @@ def encoder_weights_id(model: Any) -> str:
 def _encoder_settings(cfg: Any) -> Any:
     enc = getattr(cfg, "encoder", None)
     sub = getattr(cfg, "vit" if enc == "vit" else "tiny_vit", None)
-    return asdict(sub) if is_dataclass(sub) else None
+    return asdict(sub) if is_dataclass(sub) and not isinstance(sub, type) else None
 
 
 def _state_dict_hash(module: torch.nn.Module) -> str:

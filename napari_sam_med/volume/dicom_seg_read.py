@@ -73,7 +73,7 @@ def read_seg(path: str | os.PathLike, reference: Volume) -> SegLabels:
     frames = ds.pixel_array.reshape(int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns))
     if str(getattr(ds, "SegmentationType", "BINARY")) == "FRACTIONAL":
         frames = frames >= (int(getattr(ds, "MaximumFractionalValue", 255)) + 1) // 2
-    labels = np.zeros(reference.array.shape, np.uint16)
+    labels: np.ndarray = np.zeros(reference.array.shape, np.uint16)
     if (int(ds.Rows), int(ds.Columns)) != labels.shape[1:]:
         raise VolumeError(
             f"{path}: frames are {int(ds.Rows)}x{int(ds.Columns)} but the reference image "
@@ -100,7 +100,8 @@ def _segment_table(ds: Any) -> tuple[dict[int, int], SegLabels]:
         result.names[value] = str(getattr(item, "SegmentLabel", f"segment {number}"))
         if "RecommendedDisplayCIELabValue" in item:
             lab = hd.color.CIELabColor.from_dicom_value(item.RecommendedDisplayCIELabValue)
-            result.colors[value] = tuple(int(c) for c in lab.to_rgb())
+            red, green, blue = lab.to_rgb()
+            result.colors[value] = (int(red), int(green), int(blue))
     return values, result
 
 

@@ -56,8 +56,8 @@ class Volume:
             raise VolumeError(
                 f"{self._name()}: expected a 3D (z, y, x) array, got shape {self.array.shape}"
             )
-        self.spacing = _float_tuple(self.spacing, 3, "spacing", self._name())
-        self.origin = _float_tuple(self.origin, 3, "origin", self._name())
+        self.spacing = _float3(self.spacing, "spacing", self._name())
+        self.origin = _float3(self.origin, "origin", self._name())
         self.direction = _float_tuple(self.direction, 9, "direction", self._name())
         if any(s <= 0 or not np.isfinite(s) for s in self.spacing):
             raise VolumeError(f"{self._name()}: spacing must be positive, got {self.spacing}")
@@ -100,6 +100,11 @@ def _float_tuple(values: Any, n: int, what: str, name: str) -> tuple[float, ...]
     if arr.size != n:
         raise VolumeError(f"{name}: {what} needs {n} values, got {arr.size}")
     return tuple(float(v) for v in arr)
+
+
+def _float3(values: Any, what: str, name: str) -> tuple[float, float, float]:
+    x, y, z = _float_tuple(values, 3, what, name)
+    return (x, y, z)
 
 
 def _points(values: Any, what: str) -> tuple[np.ndarray, bool]:
