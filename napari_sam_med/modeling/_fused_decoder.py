@@ -1,5 +1,6 @@
-"""Eval-only fast path of :class:`~napari_sam_med.modeling.mask_decoder.MaskDecoder` (the plain
-module is the reference; equivalence tests: ``tests/test_modeling.py::test_fused_*``).
+"""The fast path of :mod:`~napari_sam_med.modeling.mask_decoder` (its plain
+:class:`~napari_sam_med.modeling.mask_decoder.MaskDecoder` is the reference; the equivalence
+tests sit beside this module's name: ``tests/test_fused_decoder.py``).
 
 Built lazily by ``MaskDecoder`` for inference calls (eval mode, gradients disabled) when its
 transformer is a :class:`~napari_sam_med.modeling.transformer.TwoWayTransformer`. It computes

@@ -1,6 +1,7 @@
-"""Eval-only fast path of :class:`~napari_sam_med.modeling.tiny_vit.TinyViT` (the plain module
-is the reference; equivalence tests: ``tests/test_tiny_vit.py::test_*fused*`` and
-``tests/test_precision.py::test_fused_encoder_*``, with and without oneDNN).
+"""The eval-only fast path of :mod:`~napari_sam_med.modeling.tiny_vit` (its plain
+:class:`~napari_sam_med.modeling.tiny_vit.TinyViT` is the reference; the equivalence tests sit
+beside this module's name: ``tests/test_fused_tiny_vit.py``, real weights and random ones, with
+and without oneDNN, under autocast).
 
 Built by ``TinyViT.fuse_for_inference()`` from the live modules; it holds folded copies of the
 weights (computed in float64, stored in the parameters' dtype) and never changes the module.

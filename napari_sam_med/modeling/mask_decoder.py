@@ -2,7 +2,7 @@
 
 Fast path: :mod:`._fused_decoder` computes the same function in a faster order (inference,
 and a differentiable twin for training); this module stays the reference. Equivalence tests:
-``tests/test_modeling.py::test_fused_*`` (outputs, weight updates, gradients).
+``tests/test_fused_decoder.py`` (outputs, weight updates, gradients).
 """
 
 from __future__ import annotations
