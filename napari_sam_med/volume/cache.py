@@ -23,12 +23,15 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..outputs import replace_atomic
+
+if TYPE_CHECKING:
+    from ..config import SamConfig
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +127,7 @@ def encoder_weights_id(model: Any) -> str:
     return f"enc-{getattr(cfg, 'encoder', 'model')}-{h.hexdigest()}"
 
 
-def _encoder_settings(cfg: Any) -> Any:
+def _encoder_settings(cfg: SamConfig | None) -> dict[str, Any] | None:
     enc = getattr(cfg, "encoder", None)
     sub = getattr(cfg, "vit" if enc == "vit" else "tiny_vit", None)
     return asdict(sub) if is_dataclass(sub) and not isinstance(sub, type) else None

@@ -22,7 +22,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from .dicom_source import (
     write_dataset_atomic,
 )
 from .geometry import Volume, VolumeError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +98,7 @@ def algorithm_for(model: Any) -> AlgorithmInfo:
     return AlgorithmInfo(str(name), model_weights_id(model), __version__)
 
 
-def import_highdicom() -> Any:
+def import_highdicom() -> ModuleType:
     try:
         import highdicom
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -164,7 +168,7 @@ def prepare_output(
     segments: Sequence[SegmentInfo] | None,
     overwrite: bool,
     what: str,
-) -> tuple[Path, np.ndarray, list[SegmentInfo], list[Any]]:
+) -> tuple[Path, np.ndarray, list[SegmentInfo], list[Dataset]]:
     """What a DICOM writer (SEG, RTSTRUCT) checks and reads before building its dataset.
 
     The labels are checked against the image, the segments (default: every non-zero value)
@@ -197,7 +201,7 @@ def _checked_labels(labels: Any, source: Volume, path: Path) -> np.ndarray:
 
 
 def build_seg(
-    labels: np.ndarray, datasets: list[Any], segments: list[SegmentInfo], algo: AlgorithmInfo
+    labels: np.ndarray, datasets: list[Dataset], segments: list[SegmentInfo], algo: AlgorithmInfo
 ) -> Any:
     """The highdicom ``Segmentation`` (see :func:`write_seg`); ``datasets[k]`` is slice ``k``."""
     hd = import_highdicom()
@@ -268,7 +272,7 @@ def _safe_lo(text: str) -> str:
     return re.sub(r"[\\\x00-\x1f]", " ", str(text)).strip()[:64]
 
 
-def _series_number(ds: Any) -> int:
+def _series_number(ds: Dataset) -> int:
     try:
         return (int(ds.SeriesNumber) % 1000) + 9000
     except (AttributeError, TypeError, ValueError):

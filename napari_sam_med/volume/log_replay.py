@@ -41,7 +41,7 @@ class ReplayProgress:
 class ReplayResult:
     """Replayed objects (committed ones, by label), their label map and what was skipped."""
 
-    objects: dict[int, Any]  # label -> ObjectSegmentation
+    objects: dict[int, ObjectSegmentation]  # by label
     labels: np.ndarray
     skipped: dict[int, str]
 
