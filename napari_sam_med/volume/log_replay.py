@@ -24,6 +24,7 @@ from .candidates import candidate_steps
 from .log_state import LogState
 from .objects import ObjectSegmentation, compose_labels
 from .propagate import Propagator, pinned
+from .slices import SliceSegmenter
 
 
 @dataclass
@@ -47,7 +48,7 @@ class ReplayResult:
 
 
 def replay_objects(
-    state: LogState, segmenter: Any
+    state: LogState, segmenter: SliceSegmenter
 ) -> Generator[ReplayProgress, None, ReplayResult]:
     """Re-segment every committed object of a log from its final prompts with ``segmenter``.
 
