@@ -26,6 +26,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .dicom import DICOM_INSTALL_HINT
 from .dicom_source import (
@@ -37,6 +38,8 @@ from .dicom_source import (
 from .geometry import Volume, VolumeError
 
 if TYPE_CHECKING:
+    from highdicom import AlgorithmIdentificationSequence
+    from highdicom.seg import Segmentation, SegmentDescription
     from pydicom.dataset import Dataset
 
 logger = logging.getLogger(__name__)
@@ -186,7 +189,7 @@ def prepare_output(
     return path, labels, segs, source_datasets(source, what)
 
 
-def _checked_labels(labels: Any, source: Volume, path: Path) -> np.ndarray:
+def _checked_labels(labels: ArrayLike, source: Volume, path: Path) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.shape != source.array.shape:
         raise VolumeError(
@@ -202,7 +205,7 @@ def _checked_labels(labels: Any, source: Volume, path: Path) -> np.ndarray:
 
 def build_seg(
     labels: np.ndarray, datasets: list[Dataset], segments: list[SegmentInfo], algo: AlgorithmInfo
-) -> Any:
+) -> Segmentation:
     """The highdicom ``Segmentation`` (see :func:`write_seg`); ``datasets[k]`` is slice ``k``."""
     hd = import_highdicom()
     from pydicom.sr.codedict import codes
@@ -252,7 +255,13 @@ def content_digest(labels: np.ndarray, segments: list[SegmentInfo], algo: Algori
     return digest.digest()
 
 
-def _description(hd: Any, codes: Any, number: int, s: SegmentInfo, ident: Any) -> Any:
+def _description(
+    hd: ModuleType,
+    codes: Any,  # pydicom's code dictionary (attribute lookup of concept names)
+    number: int,
+    s: SegmentInfo,
+    ident: AlgorithmIdentificationSequence,
+) -> SegmentDescription:
     desc = hd.seg.SegmentDescription(
         segment_number=number,
         segment_label=_safe_lo(s.name) or f"object {s.label}",
