@@ -263,7 +263,7 @@ def load_weights_strict(
     model: torch.nn.Module,
     state_dict: Mapping[str, torch.Tensor],
     config: SamConfig,
-    source: Any = None,
+    source: str | os.PathLike | None = None,
 ) -> None:
     """Load ``state_dict`` requiring exactly the model's keys and shapes.
 

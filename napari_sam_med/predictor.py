@@ -32,6 +32,9 @@ class SamPredictor:
             checkpoint's metadata (``text_encoder``), loaded on the first string prompt.
     """
 
+    features: torch.Tensor | None  # the ``(1, C, h, w)`` embedding of the current image
+    geometry: ImageGeometry | None  # where the current image sits in the model's input
+
     def __init__(self, model: Sam, text_encoder: TextEncoder | None = None) -> None:
         if not hasattr(model, "config"):
             raise SamMedError("SamPredictor needs a model built by build_sam (it has no .config)")
@@ -81,18 +84,20 @@ class SamPredictor:
 
     def get_image_embedding(self) -> torch.Tensor:
         """The cached ``(1, C, h, w)`` embedding."""
-        self._require_image()
-        return self.features
+        features, _ = self._require_image()
+        return features
 
     def reset_image(self) -> None:
         """Forget the cached image and embedding."""
-        self.features: torch.Tensor | None = None
-        self.geometry: ImageGeometry | None = None
+        self.features = None
+        self.geometry = None
         self.is_image_set = False
 
-    def _require_image(self) -> None:
-        if not self.is_image_set:
+    def _require_image(self) -> tuple[torch.Tensor, ImageGeometry]:
+        """The current image's embedding and geometry; raises when no image is set."""
+        if not self.is_image_set or self.features is None or self.geometry is None:
             raise SamMedError("no image is set: call set_image(image) before predicting")
+        return self.features, self.geometry
 
     # ---------------------------------------------------------------- prompts
     def predict(
@@ -142,7 +147,7 @@ class SamPredictor:
         )
 
     def _validate_prompts(self, point_coords, point_labels, box, mask_input, has_text=False):
-        geom = self.geometry
+        _, geom = self._require_image()
         h, w = geom.original_size
         coords_t = labels_t = box_t = mask_t = None
         if point_coords is None and box is None and mask_input is None and not has_text:
@@ -204,30 +209,44 @@ class SamPredictor:
         Returns:
             ``masks (B, K, H, W)``, ``iou_predictions (B, K)``, ``low_res_logits (B, K, s, s)``.
         """
-        self._require_image()
-        points = (point_coords, point_labels) if point_coords is not None else None
+        features, geometry = self._require_image()
+        points: tuple[torch.Tensor, torch.Tensor] | None = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise PromptError("point_coords need point_labels ((B, N) int); got None")
+            points = (point_coords, point_labels)
         with torch.inference_mode():
             if text is None:
                 low, iou = self.model.decode(
-                    self.features,
+                    features,
                     points=points,
                     boxes=boxes,
                     masks=mask_input,
                     multimask_output=multimask_output,
                 )
             else:
-                low, iou = self._decode_with_text(points, boxes, mask_input, text, multimask_output)
-            masks = low_res_to_original(low, self.geometry)
+                low, iou = self._decode_with_text(
+                    features, points, boxes, mask_input, text, multimask_output
+                )
+            masks = low_res_to_original(low, geometry)
         if not return_logits:
             masks = masks > MASK_THRESHOLD
         return masks, iou, low
 
-    def _decode_with_text(self, points, boxes, masks, text, multimask_output):
+    def _decode_with_text(
+        self,
+        features: torch.Tensor,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        masks: torch.Tensor | None,
+        text: torch.Tensor,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # Sam.decode has no text argument yet: the same two calls, with the text token
         pe = self.model.prompt_encoder
         sparse, dense = pe(points=points, boxes=boxes, masks=masks, text=text.to(self.device))
         return self.model.mask_decoder(
-            image_embeddings=self.features,
+            image_embeddings=features,
             image_pe=pe.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,

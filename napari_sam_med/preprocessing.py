@@ -12,7 +12,9 @@ The same code serves inference and training (``training/`` imports it).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 
 from .config import SamConfig
 
+_Coords = TypeVar("_Coords", np.ndarray, torch.Tensor)  # coordinates come back as they came in
 
 @dataclass(frozen=True)
 class IntensityPreset:
@@ -164,7 +167,7 @@ class ImageGeometry:
             self.input_size[0] / self.original_size[0],
         )
 
-    def coords_to_input(self, coords: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    def coords_to_input(self, coords: _Coords) -> _Coords:
         """Map ``(..., 2)`` (x, y) original coordinates into model-input coordinates."""
         sx, sy = self.scale_xy
         out = (
@@ -176,12 +179,12 @@ class ImageGeometry:
         out[..., 1] = out[..., 1] * sy
         return out
 
-    def boxes_to_input(self, boxes: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    def boxes_to_input(self, boxes: _Coords) -> _Coords:
         """Map ``(..., 4)`` (x0, y0, x1, y1) boxes into model-input coordinates."""
         shape = boxes.shape
         return self.coords_to_input(boxes.reshape(*shape[:-1], 2, 2)).reshape(shape)
 
-    def coords_from_input(self, coords: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    def coords_from_input(self, coords: _Coords) -> _Coords:
         """Inverse of :meth:`coords_to_input`."""
         sx, sy = self.scale_xy
         out = (
@@ -194,7 +197,7 @@ class ImageGeometry:
         return out
 
 
-def geometry_for(shape_hw: tuple[int, int], config: SamConfig) -> ImageGeometry:
+def geometry_for(shape_hw: Sequence[int], config: SamConfig) -> ImageGeometry:
     """The :class:`ImageGeometry` of an ``(H, W)`` slice for a model configuration."""
     h, w = int(shape_hw[0]), int(shape_hw[1])
     return ImageGeometry((h, w), preprocess_shape(h, w, config.img_size), config.img_size)

@@ -1,4 +1,5 @@
-"""Fast mode (bf16 encoder) selection, the fused encoder's kernels, and backend loading."""
+"""Fast mode (bf16 encoder) selection and backend loading (the fused encoder's kernels, with and
+without oneDNN: ``test_fused_tiny_vit.py``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import torch
 from napari_sam_med import build_sam
 from napari_sam_med.backends import load_model
 from napari_sam_med.device import inference_dtype
-from napari_sam_med.modeling import _cpu_kernels
-from napari_sam_med.modeling.tiny_vit import TinyViT
 from napari_sam_med.volume.cache import model_weights_id
 
 
@@ -40,42 +39,6 @@ def test_fast_mode_encodes_in_bf16_and_returns_float32() -> None:
     assert 0 < err < 0.05  # bf16 rounding: different, but close
     # fast-mode embeddings are cached apart from exact ones
     assert model_weights_id(exact) != model_weights_id(fast)
-
-
-def _tiny_vit() -> TinyViT:
-    torch.manual_seed(0)
-    enc = TinyViT(img_size=64, embed_dims=(16, 32, 40, 48), depths=(1, 1, 2, 1),
-                  num_heads=(1, 2, 2, 3), window_sizes=(7, 7, 14, 7), out_chans=32)  # fmt: skip
-    for m in enc.modules():  # non-trivial BatchNorm statistics to fold
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-    return enc.eval()
-
-
-@pytest.mark.parametrize("onednn", [True, False])
-def test_fused_encoder_matches_plain_with_and_without_onednn(onednn, monkeypatch) -> None:
-    if onednn and not _cpu_kernels.onednn_available():
-        pytest.skip("this torch build has no fused oneDNN operators")
-    if not onednn:
-        monkeypatch.setattr(_cpu_kernels, "onednn_available", lambda: False)
-    enc = _tiny_vit()
-    x = torch.rand(2, 3, 60, 68)  # not a multiple of the windows: padding on both axes
-    with torch.inference_mode():
-        plain = enc(x)
-        fused = enc.fuse_for_inference()(x)
-    assert ((fused - plain).abs().max() / plain.abs().max()).item() < 1e-5
-
-
-def test_fused_encoder_runs_under_autocast() -> None:
-    enc = _tiny_vit().fuse_for_inference()
-    x = torch.rand(1, 3, 64, 64)
-    with torch.inference_mode():
-        exact = enc(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            fast = enc(x).float()
-    assert ((fast - exact).abs().max() / exact.abs().max()).item() < 0.1
 
 
 def test_load_model_picks_the_backend(tmp_path) -> None:

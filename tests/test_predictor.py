@@ -80,6 +80,16 @@ def test_bad_images(tiny_model):
         p.get_image_embedding()
 
 
+def test_predict_torch_needs_labels_with_points(tiny_predictor):
+    import torch
+
+    coords = torch.zeros((1, 1, 2))
+    with pytest.raises(ValueError, match="point_coords need point_labels"):
+        tiny_predictor.predict_torch(coords, None)
+    masks, iou, _ = tiny_predictor.predict_torch(coords, torch.ones((1, 1), dtype=torch.int64))
+    assert masks.shape == (1, 3, 90, 150) and iou.shape == (1, 3)
+
+
 def test_lite_medsam_box_on_real_slice(lite_medsam, shared_data):
     """The default weights give a sensible box segmentation of a real tumour slice."""
     from napari_sam_med.volume.io import read_volume

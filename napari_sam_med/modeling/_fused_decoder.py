@@ -1,5 +1,6 @@
-"""Eval-only fast path of :class:`~napari_sam_med.modeling.mask_decoder.MaskDecoder` (the plain
-module is the reference; equivalence tests: ``tests/test_modeling.py::test_fused_*``).
+"""The fast path of :mod:`~napari_sam_med.modeling.mask_decoder` (its plain
+:class:`~napari_sam_med.modeling.mask_decoder.MaskDecoder` is the reference; the equivalence
+tests sit beside this module's name: ``tests/test_fused_decoder.py``).
 
 Built lazily by ``MaskDecoder`` for inference calls (eval mode, gradients disabled) when its
 transformer is a :class:`~napari_sam_med.modeling.transformer.TwoWayTransformer`. It computes
@@ -25,14 +26,17 @@ products changes:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 if TYPE_CHECKING:
+    from .common import MLP, LayerNorm2d
     from .mask_decoder import MaskDecoder
-    from .transformer import Attention, TwoWayAttentionBlock
+    from .transformer import Attention, TwoWayAttentionBlock, TwoWayTransformer
 
 
 # Embedding pixels per band of the output upscaling (its intermediates are 16x larger).
@@ -54,6 +58,13 @@ def _keep(t: torch.Tensor) -> torch.Tensor:
 
 def _detach(t: torch.Tensor) -> torch.Tensor:
     return t.detach()
+
+
+def _linears(
+    mlp: MLP, w: Callable[[torch.Tensor], torch.Tensor]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(weight, bias)`` of each linear layer of ``mlp``, through ``w`` (keep or detach)."""
+    return [(w(lin.weight), w(lin.bias)) for lin in cast("Iterable[nn.Linear]", mlp.layers)]
 
 
 class _Attn:
@@ -176,27 +187,27 @@ class FusedMaskDecoder:
     def __init__(self, dec: MaskDecoder, grad: bool = False) -> None:
         w = _keep if grad else _detach
         self.grad = grad
-        tr = dec.transformer
+        tr = cast("TwoWayTransformer", dec.transformer)  # MaskDecoder builds us only for one
         self.num_mask_tokens = dec.num_mask_tokens
-        self.blocks = [_Block(b, grad) for b in tr.layers]
+        self.blocks = [_Block(b, grad) for b in cast("Iterable[TwoWayAttentionBlock]", tr.layers)]
         self.final = _Attn(tr.final_attn_token_to_image, grad)
         fn = tr.norm_final_attn
         self.final_norm = (w(fn.weight), w(fn.bias), fn.eps)
         self.out_tokens = w(torch.cat([dec.iou_token.weight, dec.mask_tokens.weight]))
-        up1, ln, _, up2, _ = dec.output_upscaling
+        up = dec.output_upscaling  # ConvTranspose2d, LayerNorm2d, GELU, ConvTranspose2d, GELU
+        up1, up2 = cast(nn.ConvTranspose2d, up[0]), cast(nn.ConvTranspose2d, up[3])
+        ln = cast("LayerNorm2d", up[1])
         # ConvTranspose2d weight Cin x Cout x 2 x 2 -> (ky, kx, Cout) x Cin for F.linear
         self.c1, self.c2 = up1.out_channels, up2.out_channels
         self.w1 = w(up1.weight).permute(2, 3, 1, 0).reshape(-1, up1.in_channels)
-        self.b1 = w(up1.bias).repeat(4)
+        self.b1 = w(cast(torch.Tensor, up1.bias)).repeat(4)  # both convs are built with a bias
         self.w2 = w(up2.weight).permute(2, 3, 1, 0).reshape(-1, up2.in_channels)
-        self.b2 = w(up2.bias).repeat(4)
+        self.b2 = w(cast(torch.Tensor, up2.bias)).repeat(4)
         self.ln = (w(ln.weight), w(ln.bias), ln.eps)
         self.hyper = [
-            [(w(lin.weight), w(lin.bias)) for lin in mlp.layers]
-            for mlp in dec.output_hypernetworks_mlps
+            _linears(mlp, w) for mlp in cast("Iterable[MLP]", dec.output_hypernetworks_mlps)
         ]
-        self.iou_head = [(w(lin.weight), w(lin.bias)) for lin in
-                         dec.iou_prediction_head.layers]  # fmt: skip
+        self.iou_head = _linears(dec.iou_prediction_head, w)
         self.iou_sigmoid = dec.iou_prediction_head.sigmoid_output
         self._pe_src: torch.Tensor | None = None
         self._pe_key: tuple = ()
@@ -206,10 +217,11 @@ class FusedMaskDecoder:
         """``1xCxhxw`` -> contiguous ``1x(h*w)xC``, cached while ``image_pe`` is unchanged."""
         version = -1 if image_pe.is_inference() else image_pe._version  # no counter there
         key = (version, tuple(image_pe.shape), image_pe.dtype, image_pe.device)
-        if self._pe_src is not image_pe or self._pe_key != key:
-            self._pe_tokens = image_pe[:1].flatten(2).transpose(1, 2).contiguous()
-            self._pe_src, self._pe_key = image_pe, key
-        return self._pe_tokens
+        tokens = self._pe_tokens
+        if tokens is None or self._pe_src is not image_pe or self._pe_key != key:
+            tokens = image_pe[:1].flatten(2).transpose(1, 2).contiguous()
+            self._pe_tokens, self._pe_src, self._pe_key = tokens, image_pe, key
+        return tokens
 
     def __call__(
         self,

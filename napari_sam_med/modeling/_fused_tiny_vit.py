@@ -1,6 +1,7 @@
-"""Eval-only fast path of :class:`~napari_sam_med.modeling.tiny_vit.TinyViT` (the plain module
-is the reference; equivalence tests: ``tests/test_tiny_vit.py::test_*fused*`` and
-``tests/test_precision.py::test_fused_encoder_*``, with and without oneDNN).
+"""The eval-only fast path of :mod:`~napari_sam_med.modeling.tiny_vit` (its plain
+:class:`~napari_sam_med.modeling.tiny_vit.TinyViT` is the reference; the equivalence tests sit
+beside this module's name: ``tests/test_fused_tiny_vit.py``, real weights and random ones, with
+and without oneDNN, under autocast).
 
 Built by ``TinyViT.fuse_for_inference()`` from the live modules; it holds folded copies of the
 weights (computed in float64, stored in the parameters' dtype) and never changes the module.
@@ -25,16 +26,19 @@ Images of a batch are encoded one after the other (the work per image is large).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ._cpu_kernels import conv2d, linear, linear_add
 from .window_attention import window_partition, window_reverse
 
 if TYPE_CHECKING:
-    from .tiny_vit import ConvBN, TinyViT, TinyViTBlock
+    from .common import LayerNorm2d
+    from .tiny_vit import ConvBN, MBConv, PatchMerging, Stage, TinyViT, TinyViTBlock
 
 # Elements (floats) per row strip or MLP chunk of hidden activations (16 MB). Every chunk adds
 # parallel regions, and on a loaded machine each thread barrier can stall for a scheduler time
@@ -47,9 +51,10 @@ _CL = torch.channels_last
 def _fold_conv(m: ConvBN, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Folded conv weight (1x1 kernels flattened to ``Cout x Cin``; others channels-last)."""
     bn, conv = m.bn, m.c
-    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    mean, var = m.running_stats()
+    scale = bn.weight.double() / torch.sqrt(var.double() + bn.eps)
     w = conv.weight.double() * scale[:, None, None, None]
-    b = bn.bias.double() - bn.running_mean.double() * scale
+    b = bn.bias.double() - mean.double() * scale
     if conv.kernel_size == (1, 1):
         return w.flatten(1).to(dtype).contiguous(), b.to(dtype)
     return w.to(dtype).contiguous(memory_format=_CL), b.to(dtype)
@@ -125,7 +130,7 @@ class _Block:
         self.bias = attn.bias_table().detach().to(dtype)[None].contiguous()
         self.proj_w, self.proj_b = attn.proj.weight.detach(), attn.proj.bias.detach()
         self.lc_w, self.lc_b = _fold_conv(blk.local_conv, dtype)
-        self.lc_pad = blk.local_conv.c.padding
+        self.lc_pad = cast("tuple[int, int]", blk.local_conv.c.padding)  # int padding: (p, p)
         w, b = _fold_ln_linear(mlp.norm, mlp.fc1)
         self.fc1_w, self.fc1_b = w.to(dtype), b.to(dtype)
         self.fc2_w, self.fc2_b = mlp.fc2.weight.detach(), mlp.fc2.bias.detach()
@@ -162,19 +167,23 @@ class FusedTinyViT:
 
     def __init__(self, model: TinyViT) -> None:
         with torch.no_grad():
-            seq = model.patch_embed.seq
-            dtype = seq[0].c.weight.dtype
-            self.pe = (_fold_conv(seq[0], dtype), _fold_conv(seq[2], dtype))
+            seq = model.patch_embed.seq  # ConvBN, GELU, ConvBN
+            pe0, pe2 = cast("ConvBN", seq[0]), cast("ConvBN", seq[2])
+            dtype = pe0.c.weight.dtype
+            self.pe = (_fold_conv(pe0, dtype), _fold_conv(pe2, dtype))
             self.ops: list[_Strip | _Block] = []
-            for i, stage in enumerate(model.layers):
+            for i, stage in enumerate(cast("Iterable[Stage]", model.layers)):
                 if i == 0:
-                    self.ops += [_Strip(b.conv1, b.conv2, b.conv3, True) for b in stage.blocks]
+                    mbconvs = cast("Iterable[MBConv]", stage.blocks)
+                    self.ops += [_Strip(b.conv1, b.conv2, b.conv3, True) for b in mbconvs]
                 else:
-                    self.ops += [_Block(b) for b in stage.blocks]
+                    self.ops += [_Block(b) for b in cast("Iterable[TinyViTBlock]", stage.blocks)]
                 if stage.downsample is not None:
-                    d = stage.downsample
+                    d = cast("PatchMerging", stage.downsample)
                     self.ops.append(_Strip(d.conv1, d.conv2, d.conv3, False))
-            conv0, ln1, conv2, ln2 = model.neck
+            neck = model.neck  # Conv2d, LayerNorm2d, Conv2d, LayerNorm2d
+            conv0, conv2 = cast(nn.Conv2d, neck[0]), cast(nn.Conv2d, neck[2])
+            ln1, ln2 = cast("LayerNorm2d", neck[1]), cast("LayerNorm2d", neck[3])
             self.neck_w0 = conv0.weight.detach().flatten(1)
             self.neck_w2 = conv2.weight.detach().contiguous(memory_format=_CL)
             self.ln = [(m.weight.detach(), m.bias.detach(), m.eps) for m in (ln1, ln2)]

@@ -2,17 +2,20 @@
 
 Fast path: :mod:`._fused_decoder` computes the same function in a faster order (inference,
 and a differentiable twin for training); this module stays the reference. Equivalence tests:
-``tests/test_modeling.py::test_fused_*`` (outputs, weight updates, gradients).
+``tests/test_fused_decoder.py`` (outputs, weight updates, gradients).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .common import MLP, LayerNorm2d, weights_signature
+
+if TYPE_CHECKING:
+    from ._fused_decoder import FusedMaskDecoder
 
 
 class MaskDecoder(nn.Module):
@@ -65,11 +68,11 @@ class MaskDecoder(nn.Module):
         self.iou_prediction_head = MLP(
             transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
         )
-        self._fast: Any = None  # (weights signature, FusedMaskDecoder)
+        self._fast: tuple[tuple[tuple[int, int], ...], FusedMaskDecoder] | None = None
         # training/grad calls use the differentiable fused twin (same function, faster)
         self.fused_training = True
 
-    def _fast_path(self) -> Any:
+    def _fast_path(self) -> FusedMaskDecoder | None:
         """The fused twin for this call, or ``None`` if it must use the plain modules.
 
         Inference (eval, no grad) reuses one cached twin with detached weights. Training (or any

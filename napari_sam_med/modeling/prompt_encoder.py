@@ -8,6 +8,7 @@ top-left / bottom-right box corner.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -25,6 +26,8 @@ class PositionEmbeddingRandom(nn.Module):
         num_pos_feats: Number of frequencies ``F``; encodings have ``2F`` channels (sin, cos).
         scale: Standard deviation of the Gaussian frequencies (values <= 0 mean 1).
     """
+
+    positional_encoding_gaussian_matrix: torch.Tensor  # ``2xF`` buffer, registered in __init__
 
     def __init__(self, num_pos_feats: int = 64, scale: float | None = None) -> None:
         super().__init__()
@@ -82,8 +85,8 @@ class PromptEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
-        self.image_embedding_size = tuple(image_embedding_size)
-        self.input_image_size = tuple(input_image_size)
+        self.image_embedding_size = (image_embedding_size[0], image_embedding_size[1])
+        self.input_image_size = (input_image_size[0], input_image_size[1])
         self.mask_input_size = (4 * image_embedding_size[0], 4 * image_embedding_size[1])
         self.pe_layer = PositionEmbeddingRandom(embed_dim // 2)
         self.point_embeddings = nn.ModuleList(
@@ -208,7 +211,9 @@ class PromptEncoder(nn.Module):
         pe = self.pe_layer.forward_with_coords(coords, self.input_image_size)
         is_pad = (labels == POINT_LABEL_PAD).unsqueeze(-1)
         table = torch.cat(
-            [self.not_a_point_embed.weight] + [e.weight for e in self.point_embeddings], dim=0
+            [self.not_a_point_embed.weight]
+            + [cast(nn.Embedding, e).weight for e in self.point_embeddings],
+            dim=0,
         )  # row 0: padding, rows 1..4: labels 0..3
         return torch.where(is_pad, torch.zeros_like(pe), pe) + table[labels + 1]
 
@@ -218,7 +223,9 @@ class PromptEncoder(nn.Module):
             raise ValueError(f"expected boxes of shape Bx4 or Bx1x4, got {tuple(boxes.shape)}")
         corners = boxes.reshape(-1, 2, 2) + 0.5  # pixel centre
         pe = self.pe_layer.forward_with_coords(corners, self.input_image_size)
-        corner_embed = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight])
+        top_left = cast(nn.Embedding, self.point_embeddings[2])
+        bottom_right = cast(nn.Embedding, self.point_embeddings[3])
+        corner_embed = torch.cat([top_left.weight, bottom_right.weight])
         return pe + corner_embed
 
     def _embed_masks(self, masks: torch.Tensor) -> torch.Tensor:

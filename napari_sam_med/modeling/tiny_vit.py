@@ -15,13 +15,14 @@ The modules here are trainable (BatchNorm in train mode updates its statistics).
 BatchNorm folded into the convolutions, LayerNorm affines folded into the following linear
 layers, attention bias tables gathered once, 1x1 convolutions run as matrix products on
 channels-last tensors, and the full-resolution stages processed in row strips that stay in cache.
-The state dict is left untouched.
+The state dict is left untouched. This module stays the reference; equivalence tests:
+``tests/test_fused_tiny_vit.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,9 @@ from torch import nn
 
 from .common import LayerNorm2d, weights_signature
 from .window_attention import Attention, window_partition, window_reverse
+
+if TYPE_CHECKING:
+    from ._fused_tiny_vit import FusedTinyViT
 
 
 class ConvBN(nn.Module):
@@ -72,9 +76,17 @@ class ConvBN(nn.Module):
             ``(weight, bias)``: weight ``Cout x Cin/groups x k x k``, bias ``Cout``.
         """
         bn = self.bn
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        mean, var = self.running_stats()
+        scale = bn.weight / torch.sqrt(var + bn.eps)
         weight = self.c.weight * scale[:, None, None, None]
-        return weight, bn.bias - bn.running_mean * scale
+        return weight, bn.bias - mean * scale
+
+    def running_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The BatchNorm's running ``(mean, var)``, ``Cout`` each: what folding needs."""
+        mean, var = self.bn.running_mean, self.bn.running_var
+        if mean is None or var is None:  # not with ConvBN's BatchNorm (it tracks them)
+            raise ValueError("folding needs BatchNorm running statistics (track_running_stats)")
+        return mean, var
 
 
 class PatchEmbed(nn.Module):
@@ -239,9 +251,9 @@ class TinyViT(nn.Module):
             LayerNorm2d(out_chans),
         )
         self.apply(_init_weights)
-        self._fast: Any = None  # _fused_tiny_vit.FusedTinyViT once fuse_for_inference() ran
+        self._fast: FusedTinyViT | None = None  # set by fuse_for_inference()
         self._fast_requested = False
-        self._fast_signature: tuple = ()
+        self._fast_signature: tuple[tuple[int, int], ...] = ()
         self.register_load_state_dict_post_hook(lambda module, _keys: module._drop_fast())
 
     @property
@@ -282,7 +294,9 @@ class TinyViT(nn.Module):
             self._drop_fast()
         return super().train(mode)
 
-    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> TinyViT:
+    def _apply(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], *args: Any, **kwargs: Any
+    ) -> TinyViT:
         self._drop_fast()
         return super()._apply(fn, *args, **kwargs)
 
@@ -307,9 +321,9 @@ class TinyViT(nn.Module):
         if self._fast_requested and not self.training and not self._needs_graph(x):
             if self._fast is None or self._fast_signature != weights_signature(self):
                 self.fuse_for_inference()
-            return self._fast(x)
+            return cast("FusedTinyViT", self._fast)(x)  # set by fuse_for_inference()
         x = self.patch_embed(x)
-        for i, stage in enumerate(self.layers):
+        for i, stage in enumerate(cast("Iterable[Stage]", self.layers)):
             if i == 1:
                 x = x.permute(0, 2, 3, 1)  # NCHW -> NHWC tokens for the attention stages
             for block in stage.blocks:

@@ -68,6 +68,8 @@ class Attention(nn.Module):
         window: Window side; the bias table covers all ``|dy|, |dx|`` offsets inside it.
     """
 
+    attention_bias_idxs: torch.Tensor  # ``N x N`` long buffer, registered in __init__
+
     def __init__(self, dim: int, num_heads: int, window: int) -> None:
         super().__init__()
         self.num_heads = num_heads

@@ -3,7 +3,7 @@ box a click-trained model gets with its clicks."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ def take_in_clicks(
     return edit_box(box, np.asarray(points)[keep], np.asarray(labels).ravel()[keep], margin)
 
 
-def union_box(a: Any, b: Any) -> list[float]:
+def union_box(a: Sequence[float], b: Sequence[float]) -> list[float]:
     """The smallest ``[x0, y0, x1, y1]`` holding both boxes."""
     return [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
 

@@ -23,12 +23,15 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..outputs import replace_atomic
+
+if TYPE_CHECKING:
+    from ..config import SamConfig
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ def array_hash(array: np.ndarray) -> str:
     arr = np.ascontiguousarray(array)
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{arr.dtype.str}{arr.shape}".encode())
-    h.update(memoryview(arr).cast("B"))
+    h.update(arr.data.cast("B"))  # ``arr.data`` is ``memoryview(arr)``
     return h.hexdigest()
 
 
@@ -70,11 +73,11 @@ def model_weights_id(model: Any) -> str:
         st = os.stat(path)
         key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
         if key not in _WEIGHTS_HASHES:
-            h = hashlib.sha256()
+            sha = hashlib.sha256()
             with open(path, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-            _WEIGHTS_HASHES[key] = h.hexdigest()[:16]
+                    sha.update(block)
+            _WEIGHTS_HASHES[key] = sha.hexdigest()[:16]
         return f"{name}-{norm}-{_WEIGHTS_HASHES[key]}"
     h = hashlib.blake2b(digest_size=8)
     for k, v in model.image_encoder.state_dict().items():
@@ -124,10 +127,10 @@ def encoder_weights_id(model: Any) -> str:
     return f"enc-{getattr(cfg, 'encoder', 'model')}-{h.hexdigest()}"
 
 
-def _encoder_settings(cfg: Any) -> Any:
+def _encoder_settings(cfg: SamConfig | None) -> dict[str, Any] | None:
     enc = getattr(cfg, "encoder", None)
     sub = getattr(cfg, "vit" if enc == "vit" else "tiny_vit", None)
-    return asdict(sub) if is_dataclass(sub) else None
+    return asdict(sub) if is_dataclass(sub) and not isinstance(sub, type) else None
 
 
 def _state_dict_hash(module: torch.nn.Module) -> str:

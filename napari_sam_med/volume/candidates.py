@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 
 from .prompt import SlicePrompt, coerce
-from .slices import SlicePrediction, choose_candidate
+from .slices import SlicePrediction, SliceSegmenter, choose_candidate
 
 Candidates = tuple[list[SlicePrediction], list[str], int]
 
 
 def candidate_steps(
-    segmenter: Any, z: int, prompt: SlicePrompt | dict[str, Any]
+    segmenter: SliceSegmenter, z: int, prompt: SlicePrompt | dict[str, Any]
 ) -> Iterator[Candidates]:
     """The ambiguity candidates of one prompt: yields ``(predictions, names, chosen)``.
 
@@ -37,6 +37,8 @@ def candidate_steps(
         single = segmenter.predict(z, prompt, multimask=False, source="prompt")
         yield [single], ["auto"], 0
     multi = segmenter.predict(z, prompt, multimask=True, source="prompt")
+    if multi.candidates is None:  # a SliceSegmenter's multimask prediction always has them
+        raise ValueError(f"slice {z}: the multimask prediction came back without its candidates")
     ious = multi.candidates.ious
     preds = [choose_candidate(multi, i) for i in range(len(ious))]
     names = [str(i + 1) for i in range(len(preds))]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from functools import partial
 from pathlib import Path
 
 from ..outputs import check_output
@@ -56,6 +57,6 @@ def sha256_path(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         if p.is_dir():
             h.update(str(f.relative_to(p)).encode())
         with open(f, "rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(chunk), b""):
+            for block in iter(partial(fh.read, chunk), b""):
                 h.update(block)
     return h.hexdigest()

@@ -11,12 +11,16 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
 
 from .geometry import Volume, VolumeError, volume_from_sitk, world_to_index
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +140,7 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
     return vol
 
 
-def _import_pydicom() -> Any:
+def _import_pydicom() -> ModuleType:
     try:
         import pydicom
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -182,7 +186,7 @@ def read_rtstruct(
     return labels
 
 
-def _choose_roi(ds: Any, roi_name: str | None, path: Path) -> tuple[int, str]:
+def _choose_roi(ds: Dataset, roi_name: str | None, path: Path) -> tuple[int, str]:
     rois = {int(r.ROINumber): str(r.ROIName) for r in getattr(ds, "StructureSetROISequence", [])}
     if not rois:
         raise VolumeError(f"{path}: the RTSTRUCT holds no ROI")
@@ -198,7 +202,7 @@ def _choose_roi(ds: Any, roi_name: str | None, path: Path) -> tuple[int, str]:
     raise VolumeError(f"{path}: no ROI named {roi_name!r}; available: {names}")
 
 
-def _check_frame_of_reference(ds: Any, reference: Volume, path: Path) -> None:
+def _check_frame_of_reference(ds: Dataset, reference: Volume, path: Path) -> None:
     ref_uid = reference.metadata.get("frame_of_reference_uid")
     seq = getattr(ds, "ReferencedFrameOfReferenceSequence", [])
     uids = {str(item.FrameOfReferenceUID) for item in seq if "FrameOfReferenceUID" in item}
@@ -209,7 +213,7 @@ def _check_frame_of_reference(ds: Any, reference: Volume, path: Path) -> None:
         )
 
 
-def _contours_of(ds: Any, number: int, name: str, path: Path) -> list[np.ndarray]:
+def _contours_of(ds: Dataset, number: int, name: str, path: Path) -> list[np.ndarray]:
     """The closed contours of ROI ``number`` as LPS ``(N, 3)`` arrays."""
     polygons = []
     for roi in getattr(ds, "ROIContourSequence", []):

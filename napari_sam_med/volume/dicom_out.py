@@ -9,19 +9,24 @@ runner calls.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .io import WRITE_SUFFIXES, file_suffix, write_labels
+
+if TYPE_CHECKING:
+    from .geometry import Volume
+    from .objects import ObjectSegmentation
 
 DICOM_FORMATS = ("seg", "rtstruct")
 FORMATS = ("nifti", "nrrd", "mha", *DICOM_FORMATS)  # the first three just follow the suffix
 _DEFAULT_NAME = {"seg": "_seg.dcm", "rtstruct": "_rtstruct.dcm"}
 
 
-def output_problem(fmt: Any, output: Path) -> tuple[str, Any, str] | None:
+def output_problem(fmt: object, output: Path) -> tuple[str, object, str] | None:
     """``(field, value, "expected ...")`` of what is wrong with ``fmt``/``output``, or None."""
     if fmt is not None and fmt not in FORMATS:
         return "format", fmt, f"one of {FORMATS} (or no format: the output's suffix decides)"
@@ -42,10 +47,10 @@ def default_output_name(stem: str, fmt: str | None) -> str:
 
 def write_case_labels(
     labels: np.ndarray,
-    volume: Any,
+    volume: Volume,
     output: str | os.PathLike,
     fmt: str | None = None,
-    objects: list[Any] | None = None,
+    objects: Sequence[ObjectSegmentation] | None = None,
     model: Any = None,
     overwrite: bool = False,
 ) -> Path:
@@ -76,7 +81,7 @@ def write_case_labels(
 
 
 def check_case_output(
-    volume: Any, fmt: str | None, output: str | os.PathLike, overwrite: bool = False
+    volume: Volume, fmt: str | None, output: str | os.PathLike, overwrite: bool = False
 ) -> None:
     """Refuse, before any segmenting, a DICOM format on a non-DICOM image, a series that
     cannot carry a SEG/RTSTRUCT (uneven or missing slices, mixed orientations, several frames

@@ -22,9 +22,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .dicom import DICOM_INSTALL_HINT
 from .dicom_source import (
@@ -34,6 +36,11 @@ from .dicom_source import (
     write_dataset_atomic,
 )
 from .geometry import Volume, VolumeError
+
+if TYPE_CHECKING:
+    from highdicom import AlgorithmIdentificationSequence
+    from highdicom.seg import Segmentation, SegmentDescription
+    from pydicom.dataset import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +101,7 @@ def algorithm_for(model: Any) -> AlgorithmInfo:
     return AlgorithmInfo(str(name), model_weights_id(model), __version__)
 
 
-def import_highdicom() -> Any:
+def import_highdicom() -> ModuleType:
     try:
         import highdicom
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -164,7 +171,7 @@ def prepare_output(
     segments: Sequence[SegmentInfo] | None,
     overwrite: bool,
     what: str,
-) -> tuple[Path, np.ndarray, list[SegmentInfo], list[Any]]:
+) -> tuple[Path, np.ndarray, list[SegmentInfo], list[Dataset]]:
     """What a DICOM writer (SEG, RTSTRUCT) checks and reads before building its dataset.
 
     The labels are checked against the image, the segments (default: every non-zero value)
@@ -182,7 +189,7 @@ def prepare_output(
     return path, labels, segs, source_datasets(source, what)
 
 
-def _checked_labels(labels: Any, source: Volume, path: Path) -> np.ndarray:
+def _checked_labels(labels: ArrayLike, source: Volume, path: Path) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.shape != source.array.shape:
         raise VolumeError(
@@ -197,8 +204,8 @@ def _checked_labels(labels: Any, source: Volume, path: Path) -> np.ndarray:
 
 
 def build_seg(
-    labels: np.ndarray, datasets: list[Any], segments: list[SegmentInfo], algo: AlgorithmInfo
-) -> Any:
+    labels: np.ndarray, datasets: list[Dataset], segments: list[SegmentInfo], algo: AlgorithmInfo
+) -> Segmentation:
     """The highdicom ``Segmentation`` (see :func:`write_seg`); ``datasets[k]`` is slice ``k``."""
     hd = import_highdicom()
     from pydicom.sr.codedict import codes
@@ -248,7 +255,13 @@ def content_digest(labels: np.ndarray, segments: list[SegmentInfo], algo: Algori
     return digest.digest()
 
 
-def _description(hd: Any, codes: Any, number: int, s: SegmentInfo, ident: Any) -> Any:
+def _description(
+    hd: ModuleType,
+    codes: Any,  # pydicom's code dictionary (attribute lookup of concept names)
+    number: int,
+    s: SegmentInfo,
+    ident: AlgorithmIdentificationSequence,
+) -> SegmentDescription:
     desc = hd.seg.SegmentDescription(
         segment_number=number,
         segment_label=_safe_lo(s.name) or f"object {s.label}",
@@ -268,7 +281,7 @@ def _safe_lo(text: str) -> str:
     return re.sub(r"[\\\x00-\x1f]", " ", str(text)).strip()[:64]
 
 
-def _series_number(ds: Any) -> int:
+def _series_number(ds: Dataset) -> int:
     try:
         return (int(ds.SeriesNumber) % 1000) + 9000
     except (AttributeError, TypeError, ValueError):

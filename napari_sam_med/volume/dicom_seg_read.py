@@ -12,13 +12,16 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .dicom_seg import import_highdicom
 from .dicom_source import import_pydicom
 from .geometry import Volume, VolumeError, world_to_index
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 
 @dataclass
@@ -73,7 +76,7 @@ def read_seg(path: str | os.PathLike, reference: Volume) -> SegLabels:
     frames = ds.pixel_array.reshape(int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns))
     if str(getattr(ds, "SegmentationType", "BINARY")) == "FRACTIONAL":
         frames = frames >= (int(getattr(ds, "MaximumFractionalValue", 255)) + 1) // 2
-    labels = np.zeros(reference.array.shape, np.uint16)
+    labels: np.ndarray = np.zeros(reference.array.shape, np.uint16)
     if (int(ds.Rows), int(ds.Columns)) != labels.shape[1:]:
         raise VolumeError(
             f"{path}: frames are {int(ds.Rows)}x{int(ds.Columns)} but the reference image "
@@ -86,7 +89,7 @@ def read_seg(path: str | os.PathLike, reference: Volume) -> SegLabels:
     return out
 
 
-def _segment_table(ds: Any) -> tuple[dict[int, int], SegLabels]:
+def _segment_table(ds: Dataset) -> tuple[dict[int, int], SegLabels]:
     hd = import_highdicom()
     values: dict[int, int] = {}
     result = SegLabels(np.zeros((1, 1, 1), np.uint16))
@@ -100,18 +103,19 @@ def _segment_table(ds: Any) -> tuple[dict[int, int], SegLabels]:
         result.names[value] = str(getattr(item, "SegmentLabel", f"segment {number}"))
         if "RecommendedDisplayCIELabValue" in item:
             lab = hd.color.CIELabColor.from_dicom_value(item.RecommendedDisplayCIELabValue)
-            result.colors[value] = tuple(int(c) for c in lab.to_rgb())
+            red, green, blue = lab.to_rgb()
+            result.colors[value] = (int(red), int(green), int(blue))
     return values, result
 
 
-def _frame_segment(ds: Any, i: int) -> int:
+def _frame_segment(ds: Dataset, i: int) -> int:
     group = ds.PerFrameFunctionalGroupsSequence[i]
     if "SegmentIdentificationSequence" not in group:  # one segment: in the shared groups
         group = ds.SharedFunctionalGroupsSequence[0]
     return int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
 
 
-def _frame_slices(ds: Any, reference: Volume, path: Path) -> list[int]:
+def _frame_slices(ds: Dataset, reference: Volume, path: Path) -> list[int]:
     pos = np.array([
         [float(v) for v in g.PlanePositionSequence[0].ImagePositionPatient]
         for g in ds.PerFrameFunctionalGroupsSequence
@@ -128,7 +132,7 @@ def _frame_slices(ds: Any, reference: Volume, path: Path) -> list[int]:
     return k.tolist()
 
 
-def _check_frame(ds: Any, reference: Volume, path: Path) -> None:
+def _check_frame(ds: Dataset, reference: Volume, path: Path) -> None:
     ref_uid = reference.metadata.get("frame_of_reference_uid")
     uid = str(getattr(ds, "FrameOfReferenceUID", ""))
     if ref_uid and uid and ref_uid != uid:

@@ -15,7 +15,8 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -24,13 +25,16 @@ from ..outputs import atomic_output, check_output
 from .dicom import DICOM_INSTALL_HINT, list_dicom_series
 from .geometry import Volume, VolumeError, world_to_index
 
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
 logger = logging.getLogger(__name__)
 
 # Slice positions may differ from an even grid by this fraction of the spacing.
 SPACING_TOLERANCE = 0.01
 
 
-def import_pydicom() -> Any:
+def import_pydicom() -> ModuleType:
     """pydicom, or an ImportError with the install hint."""
     try:
         import pydicom
@@ -54,7 +58,7 @@ def require_dicom_source(volume: Volume, what: str) -> tuple[Path, str]:
     return Path(volume.path), str(uid)
 
 
-def source_datasets(volume: Volume, what: str = "DICOM SEG") -> list[Any]:
+def source_datasets(volume: Volume, what: str = "DICOM SEG") -> list[Dataset]:
     """The headers (no pixel data) of ``volume``'s DICOM slices, in the volume's z order.
 
     Args:
@@ -78,7 +82,7 @@ def source_datasets(volume: Volume, what: str = "DICOM SEG") -> list[Any]:
     return order_like_volume(check_series(datasets, f"{folder} series {uid}"), volume)
 
 
-def check_series(datasets: list[Any], name: str) -> list[Any]:
+def check_series(datasets: list[Dataset], name: str) -> list[Dataset]:
     """Refuse a series that cannot be one regular 3D grid; return it sorted along its normal.
 
     Raises:
@@ -117,7 +121,7 @@ def check_series(datasets: list[Any], name: str) -> list[Any]:
     return [datasets[i] for i in order]
 
 
-def order_like_volume(datasets: list[Any], volume: Volume) -> list[Any]:
+def order_like_volume(datasets: list[Dataset], volume: Volume) -> list[Dataset]:
     """Put one dataset per volume slice in z order; refuse a grid that differs.
 
     Raises:
@@ -140,13 +144,13 @@ def order_like_volume(datasets: list[Any], volume: Volume) -> list[Any]:
             f"{volume._name()}: the DICOM slice positions do not lie on the labels' grid "
             f"(off by up to {off:.3f} voxels); the labels were not made on this series"
         )
-    out: list[Any] = [None] * nz
+    out: list[Dataset | None] = [None] * nz
     for ds, kk in zip(datasets, k.tolist(), strict=True):
         out[kk] = ds
-    return out
+    return cast("list[Dataset]", out)  # k is a permutation of range(nz): every slot is set
 
 
-def _floats(ds: Any, key: str, n: int, name: str) -> np.ndarray:
+def _floats(ds: Dataset, key: str, n: int, name: str) -> np.ndarray:
     value = getattr(ds, key, None)
     if value is None or len(value) != n:
         sop = getattr(ds, "SOPInstanceUID", "?")
@@ -154,7 +158,7 @@ def _floats(ds: Any, key: str, n: int, name: str) -> np.ndarray:
     return np.asarray([float(v) for v in value])
 
 
-def write_dataset_atomic(ds: Any, path: str | os.PathLike, overwrite: bool = False) -> Path:
+def write_dataset_atomic(ds: Dataset, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write a pydicom dataset to ``path`` through a temporary file and one rename.
 
     Raises:

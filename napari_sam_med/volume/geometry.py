@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+from numpy.typing import ArrayLike
 
 from ..errors import VolumeError
 
@@ -56,8 +57,8 @@ class Volume:
             raise VolumeError(
                 f"{self._name()}: expected a 3D (z, y, x) array, got shape {self.array.shape}"
             )
-        self.spacing = _float_tuple(self.spacing, 3, "spacing", self._name())
-        self.origin = _float_tuple(self.origin, 3, "origin", self._name())
+        self.spacing = _float3(self.spacing, "spacing", self._name())
+        self.origin = _float3(self.origin, "origin", self._name())
         self.direction = _float_tuple(self.direction, 9, "direction", self._name())
         if any(s <= 0 or not np.isfinite(s) for s in self.spacing):
             raise VolumeError(f"{self._name()}: spacing must be positive, got {self.spacing}")
@@ -95,14 +96,19 @@ class Volume:
         return str(self.path) if self.path is not None else "<volume in memory>"
 
 
-def _float_tuple(values: Any, n: int, what: str, name: str) -> tuple[float, ...]:
+def _float_tuple(values: ArrayLike, n: int, what: str, name: str) -> tuple[float, ...]:
     arr = np.asarray(values, dtype=np.float64).ravel()
     if arr.size != n:
         raise VolumeError(f"{name}: {what} needs {n} values, got {arr.size}")
     return tuple(float(v) for v in arr)
 
 
-def _points(values: Any, what: str) -> tuple[np.ndarray, bool]:
+def _float3(values: ArrayLike, what: str, name: str) -> tuple[float, float, float]:
+    x, y, z = _float_tuple(values, 3, what, name)
+    return (x, y, z)
+
+
+def _points(values: ArrayLike, what: str) -> tuple[np.ndarray, bool]:
     """``values`` as a float64 ``(N, 3)`` array, and whether a single point was given."""
     arr = np.asarray(values, dtype=np.float64)
     single = arr.ndim == 1
@@ -112,7 +118,7 @@ def _points(values: Any, what: str) -> tuple[np.ndarray, bool]:
     return arr, single
 
 
-def index_to_world(vol: Volume, ijk: Any) -> np.ndarray:
+def index_to_world(vol: Volume, ijk: ArrayLike) -> np.ndarray:
     """Voxel index ``(x, y, z)`` (continuous allowed) -> world LPS mm.
 
     Args:
@@ -127,7 +133,7 @@ def index_to_world(vol: Volume, ijk: Any) -> np.ndarray:
     return world[0] if single else world
 
 
-def world_to_index(vol: Volume, xyz: Any) -> np.ndarray:
+def world_to_index(vol: Volume, xyz: ArrayLike) -> np.ndarray:
     """World LPS mm -> continuous voxel index ``(x, y, z)`` (the inverse of index_to_world).
 
     Args:
@@ -144,7 +150,7 @@ def world_to_index(vol: Volume, xyz: Any) -> np.ndarray:
     return ijk[0] if single else ijk
 
 
-def world_to_nearest_index(vol: Volume, xyz: Any) -> np.ndarray:
+def world_to_nearest_index(vol: Volume, xyz: ArrayLike) -> np.ndarray:
     """World LPS mm -> the nearest voxel index ``(x, y, z)`` as int64 (not clipped to the grid).
 
     Halves round up, as ``SimpleITK.Image.TransformPhysicalPointToIndex`` does. Use
@@ -157,7 +163,7 @@ def _round_half_up(values: np.ndarray) -> np.ndarray:
     return np.floor(np.asarray(values, dtype=np.float64) + 0.5).astype(np.int64)
 
 
-def index_in_grid(vol: Volume, ijk: Any) -> np.ndarray | bool:
+def index_in_grid(vol: Volume, ijk: ArrayLike) -> np.ndarray | bool:
     """Whether integer (or continuous, rounded) indices ``(x, y, z)`` lie inside the grid."""
     pts, single = _points(ijk, "ijk")
     pts = _round_half_up(pts)

@@ -31,8 +31,13 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from .geometry import VolumeError
+
+if TYPE_CHECKING:
+    from nibabel.arrayproxy import ArrayProxy
+    from nibabel.dataobj_images import DataobjImage
 
 MAX_COMPRESSION_RATIO = 1032  # deflate's upper bound; bzip2 is checked with the same cap
 MAX_HEADER_BYTES = 1 << 20  # text headers longer than this are not headers
@@ -54,6 +59,7 @@ def check_claimed_size(path: Path, kind: str) -> None:
         path: a NIfTI, NRRD (``.nrrd``/``.nhdr``) or MetaImage (``.mha``/``.mhd``) file.
         kind: ``"nifti"``, ``"nrrd"`` or ``"metaimage"``.
     """
+    claim: _Claim | None
     if kind == "nifti":
         claim = _nifti_claim(path)
     elif kind == "nrrd":
@@ -121,7 +127,8 @@ def _short(path: Path, claimed: int, available: int, what: str, note: str = "") 
     )
 
 
-def _human(n: int) -> str:
+def _human(nbytes: int) -> str:
+    n = float(nbytes)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -164,7 +171,7 @@ def _decompressed_length(data: Path, offset: int, claimed: int, encoding: str) -
         actual = 0
         try:
             while actual < claimed and not dec.eof:
-                if bzip:
+                if isinstance(dec, bz2.BZ2Decompressor):
                     chunk = fh.read(1 << 16) if dec.needs_input else b""
                     out = dec.decompress(chunk, max_length=1 << 16)
                 else:
@@ -184,7 +191,8 @@ def _nifti_claim(path: Path) -> _Claim:
     import numpy as np
 
     try:
-        proxy = nibabel.load(str(path)).dataobj  # reads the header only
+        image = cast("DataobjImage", nibabel.load(str(path)))  # NIfTI: Nifti1Image/Nifti2Image
+        proxy = cast("ArrayProxy", image.dataobj)  # reads the header only; file-backed: a proxy
         elements = _product(proxy.shape)
         claimed = elements * np.dtype(proxy.dtype).itemsize
         offset = int(proxy.offset)

@@ -24,6 +24,7 @@ from .candidates import candidate_steps
 from .log_state import LogState
 from .objects import ObjectSegmentation, compose_labels
 from .propagate import Propagator, pinned
+from .slices import SliceSegmenter
 
 
 @dataclass
@@ -41,13 +42,13 @@ class ReplayProgress:
 class ReplayResult:
     """Replayed objects (committed ones, by label), their label map and what was skipped."""
 
-    objects: dict[int, Any]  # label -> ObjectSegmentation
+    objects: dict[int, ObjectSegmentation]  # by label
     labels: np.ndarray
     skipped: dict[int, str]
 
 
 def replay_objects(
-    state: LogState, segmenter: Any
+    state: LogState, segmenter: SliceSegmenter
 ) -> Generator[ReplayProgress, None, ReplayResult]:
     """Re-segment every committed object of a log from its final prompts with ``segmenter``.
 

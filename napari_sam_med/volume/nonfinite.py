@@ -9,10 +9,15 @@ are checked on the array.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from .geometry import Volume, VolumeError
+
+if TYPE_CHECKING:
+    from nibabel.arrayproxy import ArrayProxy
+    from nibabel.dataobj_images import DataobjImage
 
 CHUNK_BYTES = 64 << 20
 
@@ -27,7 +32,8 @@ def nifti_nonfinite_mask(path: Path, component: int | None) -> np.ndarray | None
     import nibabel
     from nibabel.openers import ImageOpener
 
-    proxy = nibabel.load(str(path)).dataobj
+    image = cast("DataobjImage", nibabel.load(str(path)))  # NIfTI: Nifti1Image/Nifti2Image
+    proxy = cast("ArrayProxy", image.dataobj)  # file-backed: a proxy, not an array
     dtype = np.dtype(proxy.dtype)  # with the file's byte order
     shape = tuple(int(s) for s in proxy.shape)
     total = int(np.prod(shape, dtype=np.int64))
@@ -63,7 +69,8 @@ def _as_zyx(mask: np.ndarray, component: int | None) -> np.ndarray:
     elif mask.ndim == 5:
         mask = mask[:, :, :, 0, min(k, mask.shape[4] - 1)]
     elif mask.ndim != 3:
-        mask = mask.reshape(mask.shape[:3] + (-1,)).any(axis=3)
+        # with an axis, ``any`` returns an array (the stubs allow a scalar too)
+        mask = cast(np.ndarray, mask.reshape(mask.shape[:3] + (-1,)).any(axis=3))
     return np.ascontiguousarray(mask.T)
 
 

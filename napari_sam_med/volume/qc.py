@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +22,10 @@ from ..outputs import check_output, write_bytes_atomic, write_json_atomic
 from ..preprocessing import apply_intensity, intensity_range
 from .geometry import Volume
 from .objects import QC_MIN_IOU, QC_MIN_STABILITY, ObjectSegmentation
+
+if TYPE_CHECKING:
+    from .manifest import CaseSpec
+    from .segment import CaseResult
 
 __all__ = ["qc_paths", "render_overlay", "summary_table", "write_bytes_atomic",
            "write_json_atomic", "write_qc"]  # fmt: skip
@@ -44,7 +49,7 @@ def qc_paths(qc_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
 
 def write_qc(
     qc_dir: str | os.PathLike,
-    case: Any,
+    case: CaseSpec,
     volume: Volume,
     labels: np.ndarray,
     objects: list[ObjectSegmentation],
@@ -233,7 +238,7 @@ def _colour(label: int) -> tuple[int, int, int]:
 
 
 # ---------------------------------------------------------------------- summary table
-def summary_table(results: list[Any]) -> str:
+def summary_table(results: Sequence[CaseResult]) -> str:
     """A plain-text table: case, objects, voxels, volume mL, seconds, status; then one line
     per failed case with its error."""
     head = ("case", "objects", "voxels", "volume mL", "seconds", "status")

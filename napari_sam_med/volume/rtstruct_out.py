@@ -17,7 +17,8 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,6 +39,9 @@ from .dicom_source import (
 )
 from .geometry import Volume, index_to_world
 
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
 logger = logging.getLogger(__name__)
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -49,7 +53,7 @@ _COPIED = (
 )  # fmt: skip
 
 
-def _import_skimage_measure() -> Any:
+def _import_skimage_measure() -> ModuleType:
     try:
         from skimage import measure
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -112,10 +116,10 @@ def write_rtstruct(
 def build_rtstruct(
     labels: np.ndarray,
     source: Volume,
-    datasets: list[Any],
+    datasets: list[Dataset],
     segments: list[SegmentInfo],
     algo: AlgorithmInfo,
-) -> Any:
+) -> Dataset:
     """The pydicom RTSTRUCT dataset (see :func:`write_rtstruct`); ``datasets[k]`` is slice k."""
     pydicom = import_pydicom()
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -146,14 +150,14 @@ def build_rtstruct(
     for number, s in enumerate(segments, start=1):
         _add_roi(ds, number, s, labels, source, datasets, algo)
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = RTSTRUCT_SOP_CLASS
+    ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.UID(RTSTRUCT_SOP_CLASS)
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     ds.file_meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
     return ds
 
 
-def _image_ref(d: Any) -> Any:
+def _image_ref(d: Dataset) -> Dataset:
     from pydicom.dataset import Dataset
 
     item = Dataset()
@@ -162,7 +166,7 @@ def _image_ref(d: Any) -> Any:
     return item
 
 
-def _frame_reference(ref: Any, datasets: list[Any]) -> Any:
+def _frame_reference(ref: Dataset, datasets: list[Dataset]) -> Dataset:
     from pydicom.dataset import Dataset
 
     series = Dataset()
@@ -179,8 +183,8 @@ def _frame_reference(ref: Any, datasets: list[Any]) -> Any:
 
 
 def _add_roi(
-    ds: Any, number: int, s: SegmentInfo, labels: np.ndarray, source: Volume,
-    datasets: list[Any], algo: AlgorithmInfo,
+    ds: Dataset, number: int, s: SegmentInfo, labels: np.ndarray, source: Volume,
+    datasets: list[Dataset], algo: AlgorithmInfo,
 ) -> None:  # fmt: skip
     from pydicom.dataset import Dataset
 
