@@ -9,12 +9,12 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import torch
 
 from .build import build_sam
 from .device import inference_dtype, resolve_device
+from .modeling import PromptModel
 from .onnx_runtime import OnnxSam, is_onnx_export
 
 BACKENDS = ("torch", "onnx")
@@ -25,7 +25,7 @@ def load_model(
     checkpoint: str | os.PathLike | None = None,
     device: str | torch.device | None = "auto",
     precision: str = "fp32",
-) -> Any:
+) -> PromptModel:
     """A model for :class:`~napari_sam_med.predictor.SamPredictor` and the 3D engine.
 
     Args:

@@ -19,7 +19,10 @@ had (points, no mask prompt); else the published weights' known training (:data:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .modeling import PromptModel
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ PUBLISHED: dict[str, Capabilities] = {
 }
 
 
-def model_capabilities(model: Any) -> Capabilities:
+def model_capabilities(model: PromptModel) -> Capabilities:
     """The :class:`Capabilities` of a model built by ``build_sam``."""
     meta = getattr(model, "checkpoint_metadata", None) or {}
     training = meta.get("training")
@@ -64,7 +67,7 @@ DEFAULT_ENGINE_RULES: dict[str, Any] = {"min_iou": 0.5, "min_stability": 0.5, "r
 REPROPAGATE_MODES = ("box", "union", "keep", "off")
 
 
-def engine_rules(model: Any) -> dict[str, Any]:
+def engine_rules(model: PromptModel) -> dict[str, Any]:
     """The engine rules chosen for this model on training patients when it shipped
     (``checkpoint_metadata["engine"]``: ``min_iou`` and ``min_stability``, below which
     propagation without a z-range stops, and ``repropagate``, how a correction reaches the
@@ -82,7 +85,7 @@ def engine_rules(model: Any) -> dict[str, Any]:
     return out
 
 
-def trained_with_clicks(model: object) -> bool:
+def trained_with_clicks(model: PromptModel) -> bool:
     """Whether ``model``'s checkpoint was fine-tuned with corrective clicks by ``training/``
     (its metadata says so)."""
     meta = getattr(model, "checkpoint_metadata", None) or {}

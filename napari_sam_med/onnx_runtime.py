@@ -18,13 +18,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .config import SamConfig
+
+if TYPE_CHECKING:
+    from .modeling import Sam
 
 ONNX_FORMAT = "napari-sam-med-onnx"
 ONNX_FORMAT_VERSION = "1"
@@ -154,7 +158,7 @@ class OnnxSam:
             )
 
     # ---------------------------------------------------------------- model-like API
-    def parameters(self):
+    def parameters(self) -> Iterator[torch.Tensor]:
         """One CPU tensor, so ``next(model.parameters()).device`` is the CPU."""
         yield torch.zeros(())
 
@@ -179,7 +183,9 @@ class OnnxSam:
         coords, labels = _prompt_points(points, boxes, masks)
         e = self.config.image_embedding_size
         has = masks is not None
-        mask = masks.float().cpu().numpy() if has else np.zeros((1, 1, 4 * e, 4 * e), np.float32)
+        mask = np.zeros((1, 1, 4 * e, 4 * e), np.float32)
+        if masks is not None:
+            mask = masks.float().cpu().numpy()
         low, iou = self.decoder.run(None, {
             "image_embeddings": image_embeddings.float().cpu().numpy(),
             "point_coords": coords, "point_labels": labels, "mask_input": mask,
@@ -211,7 +217,7 @@ def _prompt_points(points, boxes, masks) -> tuple[np.ndarray, np.ndarray]:
 
 
 def validate_export(
-    model: Any,
+    model: Sam,
     folder: str | os.PathLike,
     image: np.ndarray | None = None,
     rtol: float = 1e-3,

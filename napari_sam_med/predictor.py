@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .errors import PromptError, SamMedError
-from .modeling import Sam
+from .modeling import PromptModel, Sam
 from .preprocessing import ImageGeometry, geometry_for, low_res_to_original, prepare_image
 from .text import TextEncoder, text_encoder_from_metadata
 
@@ -27,7 +27,8 @@ class SamPredictor:
     """Prompt-to-mask on a single image with a cached embedding.
 
     Args:
-        model: a model from :func:`napari_sam_med.build_sam` (it carries ``model.config``).
+        model: a model from :func:`napari_sam_med.build_sam` (it carries ``model.config``) or
+            :func:`napari_sam_med.backends.load_model` (PyTorch or ONNX).
         text_encoder: encoder for ``str`` text prompts. ``None``: the one named by the
             checkpoint's metadata (``text_encoder``), loaded on the first string prompt.
     """
@@ -35,7 +36,7 @@ class SamPredictor:
     features: torch.Tensor | None  # the ``(1, C, h, w)`` embedding of the current image
     geometry: ImageGeometry | None  # where the current image sits in the model's input
 
-    def __init__(self, model: Sam, text_encoder: TextEncoder | None = None) -> None:
+    def __init__(self, model: PromptModel, text_encoder: TextEncoder | None = None) -> None:
         if not hasattr(model, "config"):
             raise SamMedError("SamPredictor needs a model built by build_sam (it has no .config)")
         self.model = model
@@ -243,6 +244,11 @@ class SamPredictor:
         multimask_output: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # Sam.decode has no text argument yet: the same two calls, with the text token
+        if not isinstance(self.model, Sam):
+            raise PromptError(
+                f"text prompts need the PyTorch model; {type(self.model).__name__} has no "
+                "text prompt encoder (load the checkpoint or registry name instead)"
+            )
         pe = self.model.prompt_encoder
         sparse, dense = pe(points=points, boxes=boxes, masks=masks, text=text.to(self.device))
         return self.model.mask_decoder(

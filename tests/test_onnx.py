@@ -71,6 +71,30 @@ def test_predictor_on_onnx_backend_matches_torch(tiny_export: Path, tiny) -> Non
     assert np.allclose(i1, i2, atol=1e-5)
 
 
+def test_text_prompt_on_onnx_backend_is_a_clear_error(tiny_export: Path) -> None:
+    """An export of a text-trained model has ``config.text_dim`` but no text prompt encoder."""
+    import dataclasses
+
+    from napari_sam_med.errors import PromptError
+
+    ort = OnnxSam(tiny_export)
+    ort.config = dataclasses.replace(ort.config, text_dim=8)
+    predictor = SamPredictor(ort)
+    predictor.set_image(np.random.default_rng(2).uniform(0, 255, (40, 52)).astype(np.float32))
+    with pytest.raises(PromptError, match="text prompts need the PyTorch model; OnnxSam"):
+        predictor.predict(box=np.array([5.0, 6.0, 30.0, 33.0]), text=np.ones(8, np.float32))
+
+
+def test_onnx_model_id_needs_its_file(tiny_export: Path, tmp_path: Path) -> None:
+    from napari_sam_med.volume.cache import encoder_weights_id, model_weights_id
+
+    ort = OnnxSam(tiny_export)
+    assert encoder_weights_id(ort) == f"enc-{model_weights_id(ort)}"  # keyed by its file
+    ort.checkpoint_path = str(tmp_path / "gone.onnx")
+    with pytest.raises(ValueError, match="OnnxSam: its weights file .*gone.onnx.* is gone"):
+        model_weights_id(ort)
+
+
 def test_refuses_existing_path_and_overwrites_on_request(tiny, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()

@@ -4,6 +4,7 @@ from .common import MLP, LayerNorm2d, MLPBlock
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PositionEmbeddingRandom, PromptEncoder
+from .protocol import PromptModel
 from .sam import Sam
 from .transformer import Attention, TwoWayAttentionBlock, TwoWayTransformer
 
@@ -16,6 +17,7 @@ __all__ = [
     "MaskDecoder",
     "PositionEmbeddingRandom",
     "PromptEncoder",
+    "PromptModel",
     "Sam",
     "TwoWayAttentionBlock",
     "TwoWayTransformer",

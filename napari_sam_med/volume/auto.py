@@ -18,7 +18,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from ..outputs import check_output, write_bytes_atomic, write_json_atomic
 from .geometry import Volume
 from .io import case_name
 from .segment import CaseProgress, ProgressFn
+
+if TYPE_CHECKING:
+    from ..modeling import PromptModel
 
 logger = logging.getLogger(__name__)
 
@@ -122,10 +125,10 @@ def write_auto_qc(
 
 
 def run_auto_batch(
-    model: Any,
+    model: PromptModel,
     images: Sequence[Path],
     out_dir: str | os.PathLike,
-    segment: Callable[[Any, Volume, str], np.ndarray],
+    segment: Callable[[PromptModel, Volume, str], np.ndarray],
     preset_for: Callable[[Volume], str],
     on_case: Callable[[int, int, str], None] | None = None,
     overwrite: bool = False,
@@ -200,7 +203,7 @@ def _write_report(out: Path, report: list[dict[str, Any]]) -> None:
 
 # ------------------------------------------------------------------- automatic masks
 def segment_automatic(
-    model: Any,
+    model: PromptModel,
     volume: Volume,
     preset: str,
     slices: tuple[int, int] | None = None,

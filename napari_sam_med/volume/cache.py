@@ -28,15 +28,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..modeling import Sam
 from ..outputs import replace_atomic
 
 if TYPE_CHECKING:
     from ..config import SamConfig
+    from ..modeling import PromptModel
 
 logger = logging.getLogger(__name__)
 
-_WEIGHTS_HASHES: dict[tuple, str] = {}
-_ENCODER_HASHES: dict[tuple, str] = {}
+_FileKey = tuple[str, int, int]  # a checkpoint file's absolute path, size and mtime (ns)
+_WEIGHTS_HASHES: dict[_FileKey, str] = {}
+_ENCODER_HASHES: dict[_FileKey, str] = {}
 
 
 def default_cache_dir() -> Path:
@@ -57,7 +60,7 @@ def array_hash(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def model_weights_id(model: Any) -> str:
+def model_weights_id(model: PromptModel) -> str:
     """A stable id of a model's configuration and weights.
 
     Uses the checkpoint file's SHA-256 when the model came from a file (memoised by path,
@@ -79,6 +82,8 @@ def model_weights_id(model: Any) -> str:
                     sha.update(block)
             _WEIGHTS_HASHES[key] = sha.hexdigest()[:16]
         return f"{name}-{norm}-{_WEIGHTS_HASHES[key]}"
+    if not isinstance(model, Sam):  # another runtime (ONNX) is always loaded from its file
+        raise ValueError(f"{type(model).__name__}: its weights file {path!r} is gone; cannot id it")
     h = hashlib.blake2b(digest_size=8)
     for k, v in model.image_encoder.state_dict().items():
         h.update(k.encode())
@@ -87,7 +92,7 @@ def model_weights_id(model: Any) -> str:
     return f"{name}-{norm}-rand{h.hexdigest()}"
 
 
-def encoder_weights_id(model: Any) -> str:
+def encoder_weights_id(model: PromptModel) -> str:
     """A stable id of what a slice embedding depends on: the image encoder's configuration
     and weights and the input normalisation, not the prompt encoder or the mask decoder.
 
@@ -95,7 +100,7 @@ def encoder_weights_id(model: Any) -> str:
     :func:`model_weights_id`; a model without a file is hashed each time.
     """
     cfg = getattr(model, "config", None)
-    if not hasattr(model, "image_encoder"):  # another runtime (ONNX): keyed by its own file
+    if not isinstance(model, Sam):  # another runtime (ONNX): keyed by its own file
         return f"enc-{model_weights_id(model)}"
     autocast = getattr(model, "encoder_autocast", None)  # fast mode: other embeddings
     arch = json.dumps(
@@ -112,7 +117,7 @@ def encoder_weights_id(model: Any) -> str:
         default=list,
     )
     path = getattr(model, "checkpoint_path", None)
-    key = None
+    key: _FileKey | None = None
     if path and os.path.isfile(path):
         st = os.stat(path)
         key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)

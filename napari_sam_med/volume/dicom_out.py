@@ -18,6 +18,7 @@ import numpy as np
 from .io import WRITE_SUFFIXES, file_suffix, write_labels
 
 if TYPE_CHECKING:
+    from ..modeling import PromptModel
     from .geometry import Volume
     from .objects import ObjectSegmentation
 
@@ -51,7 +52,7 @@ def write_case_labels(
     output: str | os.PathLike,
     fmt: str | None = None,
     objects: Sequence[ObjectSegmentation] | None = None,
-    model: Any = None,
+    model: PromptModel | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a case's labels as ``fmt`` (DICOM SEG / RTSTRUCT) or by the output's suffix.

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from highdicom.seg import Segmentation, SegmentDescription
     from pydicom.dataset import Dataset
 
+    from ..modeling import PromptModel
+
 logger = logging.getLogger(__name__)
 
 SOFTWARE = "napari-sam-med"
@@ -92,7 +94,7 @@ def label_counts(labels: np.ndarray, minlength: int = 0) -> np.ndarray:
     return total
 
 
-def algorithm_for(model: Any) -> AlgorithmInfo:
+def algorithm_for(model: PromptModel) -> AlgorithmInfo:
     """The :class:`AlgorithmInfo` of a model from ``build_sam`` (registry name, weights id)."""
     from .. import __version__
     from .cache import model_weights_id

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..modeling import PromptModel
 from ..preprocessing import guess_preset
 from .cache import EmbeddingCache, model_weights_id
 from .case_files import claim_case_outputs, marker_path, sha256_path
@@ -95,7 +96,7 @@ def resolve_preset(requested: str | None, modality: str | None, volume: Volume) 
 
 
 def segment_volume(
-    model: Any,
+    model: PromptModel,
     volume: Volume,
     prompts: list[VoxelPrompt],
     preset: str,
@@ -152,7 +153,7 @@ def segment_volume(
 
 def segment_case(
     case: CaseSpec,
-    model: Any,
+    model: PromptModel,
     preset: str | None = None,
     cache: EmbeddingCache | None = None,
     settings: PropagationSettings | None = None,
@@ -230,7 +231,7 @@ def _fill_summary(
 
 def run_cases(
     cases: Iterable[CaseSpec],
-    model: Any,
+    model: PromptModel,
     debug: bool = False,
     **kwargs: Any,
 ) -> Iterator[CaseResult]:
@@ -262,7 +263,7 @@ def error_line(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- resume
-def case_fingerprint(case: CaseSpec, model: Any, preset: str | None) -> dict[str, Any]:
+def case_fingerprint(case: CaseSpec, model: PromptModel, preset: str | None) -> dict[str, Any]:
     """What must be equal for an earlier output to count as this run's output."""
     return {
         "image_sha256": sha256_path(case.image) if case.image.exists() else None,

@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
+from ..modeling import PromptModel
 from ..predictor import SamPredictor
 from ..preprocessing import (
     ImageGeometry,
@@ -86,7 +86,7 @@ class SliceSegmenter:
 
     def __init__(
         self,
-        model: Any,
+        model: PromptModel,
         volume: np.ndarray,
         preset: str = "minmax",
         cache: EmbeddingCache | None = None,
