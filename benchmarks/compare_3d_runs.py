@@ -32,13 +32,14 @@ def _summary(run: Path, start: str, group: str) -> list[float]:
     raise ValueError(f"{run}/summary.csv has no row for start {start!r}, group {group!r}")
 
 
-def _cases(run: Path, start: str) -> dict[str, list[float]]:
+def _cases(run: Path, start: str, group: str) -> dict[str, list[float]]:
     with open(run / "cases.csv") as fh:
         return {
             r["case"]: [float(v) for v in r["dice"].split(";")]
             for r in csv.DictReader(fh)
             if r["start"] == start and r["dice"] and not r["model"].startswith("cvpr24")
-        }
+            and group in ("all", r["modality"])
+        }  # fmt: skip
 
 
 def _label(run: Path) -> str:
@@ -47,13 +48,13 @@ def _label(run: Path) -> str:
 
 
 def compare(runs: list[Path], start: str, group: str) -> str:
-    base, base_cases = _summary(runs[0], start, group), _cases(runs[0], start)
+    base, base_cases = _summary(runs[0], start, group), _cases(runs[0], start, group)
     steps = ["start"] + [f"+{k} click{'s' if k > 1 else ''}" for k in range(1, len(base))]
     lines = [f"| {start}, mean Dice ({group}) | " + " | ".join(steps) + " | rule |",
              "|---" * (len(steps) + 2) + "|"]  # fmt: skip
     lines.append(f"| {_label(runs[0])} | " + " | ".join(f"{v:.4f}" for v in base) + " | |")
     for run in runs[1:]:
-        vals, cases = _summary(run, start, group), _cases(run, start)
+        vals, cases = _summary(run, start, group), _cases(run, start, group)
         change = [b - a for a, b in zip(base, vals, strict=True)]
         worst = [
             max((cases[c][k] - base_cases[c][k] for c in cases if c in base_cases), key=abs)
