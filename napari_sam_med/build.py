@@ -154,8 +154,10 @@ def build_sam(
     if inference:
         model.eval()
         fuse = getattr(model.image_encoder, "fuse_for_inference", None)
-        if callable(fuse):
-            fuse(int8=True) if model.encoder_int8 else fuse()
+        if callable(fuse) and model.encoder_int8:
+            fuse(int8=True)
+        elif callable(fuse):
+            fuse()
     return model
 
 

@@ -103,10 +103,11 @@ def inference_precision(precision: str | None) -> str:
 
     This is the one place where the inference precision is decided. ``"fp32"`` (default,
     ``None``) is exact; ``"bf16"`` (the fast mode, alias ``"fast"``) runs the image encoder
-    under bfloat16 autocast (about 0.6x the fp32 time on CPUs with AVX512-BF16); ``"int8"``
+    under bfloat16 autocast (about 0.65x the fp32 time on CPUs with AVX512-BF16); ``"int8"``
     runs the TinyViT encoder's transformer linear layers as dynamic int8 products (CPU only;
-    about 0.7x the fp32 time with AVX512-VNNI). Both change the embeddings by a few per cent;
-    ``docs/speed.md`` has the measured Dice change. Prompt decoding stays fp32.
+    about 0.8x the fp32 time with AVX512-VNNI). Both change the embeddings by a few per cent
+    and fail the Dice rule, so both are opt-in (``docs/speed.md`` has the measured Dice
+    change). Prompt decoding stays fp32.
 
     Raises:
         ValueError: an unknown precision.

@@ -3,12 +3,13 @@
 A weight is quantised once per output channel (symmetric int8) and prepacked for PyTorch's
 quantised CPU engine; each call quantises its activations with a scale taken from their
 range (``torch.ops.quantized.linear_dynamic``), multiplies in int8 with int32 accumulation and
-returns float32. On a CPU with AVX512-VNNI this measured 0.6-0.7x the time of our fp32 fused
-encoder (``benchmarks/bench_encoder.py --int8``); the embedding changes by up to ~9% of its
-range, so the mode is opt-in and judged by the 3D benchmark (``docs/speed.md``).
+returns float32. On a CPU with AVX512-VNNI this measured 0.80-0.83x the time of our fp32 fused
+encoder (``benchmarks/bench_encoder.py --int8``; bf16 0.65-0.68x on the same CPU); the
+embedding changes by up to ~9% of its range and the 3D benchmark's mean Dice by -0.022 to
+-0.030, so the mode is opt-in, off by default (``docs/speed.md``).
 
 Only the transformer blocks' linear layers (qkv, proj, fc1, fc2) are quantised: quantising the
-1x1 convolutions of the MBConv stages as well was a little faster but tripled the error.
+1x1 convolutions of the MBConv stages as well was not reliably faster and tripled the error.
 """
 
 from __future__ import annotations
