@@ -157,3 +157,21 @@ def test_run_folder_resume_allows_settings_added_to_the_engine_later(tmp_path) -
         RunFolder(tmp_path, header(box_margin=4.0), resume=True, overwrite=False)
     with pytest.raises(ValueError, match="exclude each other"):
         RunFolder(tmp_path, header(box_margin=3.0), resume=True, overwrite=True)
+
+
+def test_precision_is_honoured_recorded_and_checked_on_resume(tmp_path, capsys) -> None:
+    root = _dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    argv = _argv(root, out, "--starts", "box3d", "--cases", "1", "--baseline", "none")
+    assert main([*argv, "--precision", "bf16"]) == 0
+    header = json.loads((out / "run.json").read_text())
+    assert header["precision"] == "bf16"
+    assert "bfloat16" in header["models"][0]["weights"]  # fast-mode embeddings kept apart
+    fast_encoder = header["models"][0]["encoder"]
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2  # an fp32 run cannot continue a bf16 one
+    assert "cannot resume" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    header = json.loads((out / "run.json").read_text())
+    assert header["precision"] == "fp32" and "bfloat16" not in header["models"][0]["weights"]
+    assert header["models"][0]["encoder"] != fast_encoder
