@@ -116,6 +116,13 @@ class _Strip:
         return out
 
 
+def _int8(
+    w: torch.Tensor | Int8Weight, b: torch.Tensor | None
+) -> tuple[Int8Weight, torch.Tensor | None]:
+    """``(w, b)`` as an int8 weight holding its bias (unchanged when already int8)."""
+    return (w, b) if isinstance(w, Int8Weight) else (Int8Weight(w, b), None)
+
+
 class _Block:
     """Folded :class:`TinyViTBlock` on one ``HxWxC`` token map."""
 
@@ -149,10 +156,10 @@ class _Block:
 
     def quantize_int8(self) -> None:
         """Run qkv, proj, fc1 and fc2 as dynamic int8 products (``precision="int8"``)."""
-        self.qkv_w, self.qkv_b = Int8Weight(self.qkv_w, self.qkv_b), None
-        self.proj_w, self.proj_b = Int8Weight(self.proj_w, self.proj_b), None
-        self.fc1_w, self.fc1_b = Int8Weight(self.fc1_w, self.fc1_b), None
-        self.fc2_w, self.fc2_b = Int8Weight(self.fc2_w, self.fc2_b), None
+        self.qkv_w, self.qkv_b = _int8(self.qkv_w, self.qkv_b)
+        self.proj_w, self.proj_b = _int8(self.proj_w, self.proj_b)
+        self.fc1_w, self.fc1_b = _int8(self.fc1_w, self.fc1_b)
+        self.fc2_w, self.fc2_b = _int8(self.fc2_w, self.fc2_b)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """``x + proj(window attention(x))`` on ``HxWxC`` tokens (zero-padded windows)."""
