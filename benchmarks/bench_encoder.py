@@ -149,6 +149,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fast", action="store_true", help="also time the bf16 fast mode")
     parser.add_argument("--onnx", action="store_true", help="also time onnxruntime")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also time dynamic int8 linear layers (benchmarks/int8_routes.py)",
+    )
+    parser.add_argument(
+        "--int8-engines",
+        default="fbgemm,x86,onednn",
+        help="quantised engines for the fused int8 routes (comma-separated)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from napari_sam_med import build_sam
@@ -177,6 +187,10 @@ def main(argv: list[str] | None = None) -> None:
             _add_compiled(model, x, contenders, outputs)
         if args.onnx:
             _add_onnx(model, x, contenders, outputs)
+        if args.int8:
+            from int8_routes import add_int8
+
+            add_int8(enc, x, contenders, outputs, args.int8_engines.split(","))
         contenders.update(matmul_contenders())
         times = run_rounds(contenders, args.warmup, args.repeats)
     _report(times, outputs, flops, args)
@@ -224,18 +238,24 @@ def _report(times, outputs, flops, args) -> None:
     for name, rate in mm_rates.items():
         print(f"{name} {MM}^3 fp32: {rate / 1e9:.0f} GFLOP/s")
     print(f"floor = FLOPs / {rate_name} rate = {floor:.3f} s\n")
-    ref = times.get("reference")
+    ref, ours = times.get("reference"), times["ours fp32"]
     for name, ts in times.items():
         if name.startswith("matmul"):
             continue
-        line = f"{name:24s} {med[name]:7.3f} s  x floor {med[name] / floor:5.2f}"
+        line = f"{name:28s} {med[name]:7.3f} s  x floor {med[name] / floor:5.2f}"
+        if name not in ("reference", "ours fp32"):
+            line += f"  x ours fp32 {_paired(ts, ours):5.2f}"
         if ref is not None and name != "reference":
-            ratio = statistics.median(a / b for a, b in zip(ts, ref, strict=True))
-            line += f"  x reference {ratio:5.2f}  max rel. diff vs reference "
+            line += f"  x reference {_paired(ts, ref):5.2f}  max rel. diff vs reference "
             line += f"{rel(outputs[name], outputs['reference']):.1e}"
-        elif name != "ours fp32":
-            line += f"  max rel. diff vs ours fp32 {rel(outputs[name], outputs['ours fp32']):.1e}"
+        if name not in ("reference", "ours fp32"):
+            line += f"  vs ours fp32 {rel(outputs[name], outputs['ours fp32']):.1e}"
         print(line)
+
+
+def _paired(ts: list[float], base: list[float]) -> float:
+    """Median of the per-round ratios ``ts / base`` (same rounds, same load)."""
+    return statistics.median(a / b for a, b in zip(ts, base, strict=True))
 
 
 if __name__ == "__main__":

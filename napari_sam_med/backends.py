@@ -1,7 +1,7 @@
 """Load a model for inference from whatever the user named: the one entry point of CLI and plugin.
 
 * a registry name or a checkpoint file -> :func:`napari_sam_med.build_sam` (PyTorch), in
-  ``precision`` ``"fp32"`` (exact) or ``"bf16"`` (fast mode);
+  ``precision`` ``"fp32"`` (exact), ``"bf16"`` (fast mode) or ``"int8"`` (TinyViT, CPU);
 * a folder written by ``sam-med export-onnx`` -> :class:`napari_sam_med.onnx_runtime.OnnxSam`
   (onnxruntime, float32; needs the optional extra ``onnx``).
 """
@@ -13,7 +13,7 @@ import os
 import torch
 
 from .build import build_sam
-from .device import inference_dtype, resolve_device
+from .device import inference_precision, resolve_device
 from .modeling import PromptModel
 from .onnx_runtime import OnnxSam, is_onnx_export
 
@@ -32,17 +32,18 @@ def load_model(
         spec: registry name, checkpoint file, or ONNX export folder.
         checkpoint: weights for a registry name (``build_sam``'s ``checkpoint``).
         device: for PyTorch models; an ONNX export runs on the CPU.
-        precision: ``"fp32"`` or ``"bf16"``/``"fast"`` (PyTorch only).
+        precision: ``"fp32"``, ``"bf16"``/``"fast"`` or ``"int8"`` (PyTorch only).
 
     Raises:
-        ValueError: a bad precision, or ``bf16``/a non-CPU device with an ONNX export.
+        ValueError: a bad precision, or ``bf16``/``int8``/a non-CPU device with an ONNX export.
         CheckpointError / ImportError: as :func:`build_sam` / :class:`OnnxSam`.
     """
     if checkpoint is None and is_onnx_export(spec):
-        if inference_dtype(precision) is not None:
+        if inference_precision(precision) != "fp32":
             raise ValueError(
                 f"precision={precision!r} is for PyTorch models; the ONNX export {spec} runs "
-                "in float32 (use --precision fp32, or the registry name/checkpoint for bf16)"
+                "in float32 (use --precision fp32, or the registry name/checkpoint for "
+                f"{inference_precision(precision)})"
             )
         if resolve_device(device).type != "cpu" and str(device) != "auto":
             raise ValueError(f"the ONNX backend runs on the CPU; got device={device!r}")

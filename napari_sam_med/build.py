@@ -18,7 +18,7 @@ import torch
 
 from .checkpoint_file import load_state_dict_file
 from .config import DEFAULT_MODEL, REGISTRY, SamConfig, get_config
-from .device import inference_dtype, resolve_device
+from .device import inference_dtype, inference_precision, resolve_device
 from .errors import CheckpointError
 from .modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from .modeling.tiny_vit import TinyViT
@@ -124,17 +124,19 @@ def build_sam(
             checkpoint whose file name contains ``medsam`` selects ``"medsam"`` (logged).
         inference: put the model in eval mode and apply inference-only speed-ups
             (e.g. BatchNorm folding). Use ``False`` to fine-tune.
-        precision: ``"fp32"`` (exact) or ``"bf16"`` (fast mode: the image encoder under
-            bfloat16 autocast; see :func:`napari_sam_med.device.inference_dtype`).
+        precision: ``"fp32"`` (exact), ``"bf16"`` (fast mode: the image encoder under
+            bfloat16 autocast) or ``"int8"`` (TinyViT encoders on the CPU: dynamic int8
+            transformer linear layers); see :func:`napari_sam_med.device.inference_precision`.
 
     Returns:
         The model, with its :class:`SamConfig` at ``model.config``.
 
     Raises:
         CheckpointError: missing, corrupt, unsafe or mismatching checkpoint.
-        ValueError: unknown model name or preprocessing.
+        ValueError: unknown model name, preprocessing or precision, or ``int8`` for a model,
+            device or mode it does not apply to.
     """
-    encoder_autocast = inference_dtype(precision)
+    precision = inference_precision(precision)
     name_str = os.fspath(name)
     if name_str.lower() not in REGISTRY and _looks_like_file(name_str):
         checkpoint, name_str = name_str, ""
@@ -144,14 +146,38 @@ def build_sam(
         load_weights_strict(model, state_dict, config, source=checkpoint)
     model.checkpoint_path = None if checkpoint is None else str(checkpoint)
     model.checkpoint_metadata = meta
-    model.encoder_autocast = encoder_autocast
+    model.encoder_autocast = inference_dtype(precision)
+    model.encoder_int8 = precision == "int8"
     model.to(resolve_device(device))
+    if model.encoder_int8:
+        _check_int8(model, inference)
     if inference:
         model.eval()
         fuse = getattr(model.image_encoder, "fuse_for_inference", None)
-        if callable(fuse):
+        if callable(fuse) and model.encoder_int8:
+            fuse(int8=True)
+        elif callable(fuse):
             fuse()
     return model
+
+
+def _check_int8(model: Sam, inference: bool) -> None:
+    """``precision="int8"`` needs the fused TinyViT path on the CPU and a quantised engine."""
+    from .modeling._int8_linear import check_int8_available
+
+    name = model.config.name
+    if not isinstance(model.image_encoder, TinyViT):
+        raise ValueError(
+            f"precision='int8' is implemented for TinyViT encoders (lite_medsam, sam_med_lite); "
+            f"model {name!r} has a {model.config.encoder!r} encoder; use fp32 or bf16"
+        )
+    device = next(model.parameters()).device
+    if device.type != "cpu" or not inference:
+        raise ValueError(
+            f"precision='int8' is a CPU inference mode; got device={device.type!r}, "
+            f"inference={inference} (use fp32 or bf16)"
+        )
+    check_int8_available()
 
 
 def _resolve_weights(

@@ -94,25 +94,41 @@ def amp_dtype(device: torch.device, requested: str = "auto") -> torch.dtype | No
     return None
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
+_PRECISION_ALIASES = {"fast": "bf16", "bfloat16": "bf16", "float32": "fp32", "qint8": "int8"}
 
 
-def inference_dtype(precision: str | None) -> torch.dtype | None:
-    """The autocast dtype of the image encoder at inference (``None``: exact float32).
+def inference_precision(precision: str | None) -> str:
+    """The image encoder's inference precision: ``"fp32"``, ``"bf16"`` or ``"int8"``.
 
-    This is the one place where the inference precision is decided. ``"fp32"`` (default) is
-    exact; ``"bf16"`` (the fast mode, alias ``"fast"``) runs the image encoder under bfloat16
-    autocast (about 0.6x the fp32 time on CPUs with AVX512-BF16; embeddings differ by a few
-    per cent, see ``docs/speed.md`` for the measured Dice change). Prompt decoding stays fp32.
+    This is the one place where the inference precision is decided. ``"fp32"`` (default,
+    ``None``) is exact; ``"bf16"`` (the fast mode, alias ``"fast"``) runs the image encoder
+    under bfloat16 autocast (about 0.65x the fp32 time on CPUs with AVX512-BF16); ``"int8"``
+    runs the TinyViT encoder's transformer linear layers as dynamic int8 products (CPU only;
+    about 0.8x the fp32 time with AVX512-VNNI). Both change the embeddings by a few per cent
+    and fail the Dice rule, so both are opt-in (``docs/speed.md`` has the measured Dice
+    change). Prompt decoding stays fp32.
 
     Raises:
         ValueError: an unknown precision.
     """
     text = "fp32" if precision is None else str(precision).strip().lower()
-    text = {"fast": "bf16", "bfloat16": "bf16", "float32": "fp32"}.get(text, text)
+    text = _PRECISION_ALIASES.get(text, text)
     if text not in PRECISIONS:
         raise ValueError(f"precision={precision!r}; expected one of {', '.join(PRECISIONS)}")
-    return torch.bfloat16 if text == "bf16" else None
+    return text
+
+
+def inference_dtype(precision: str | None) -> torch.dtype | None:
+    """The autocast dtype of the image encoder at inference (``None``: no autocast).
+
+    ``torch.bfloat16`` for ``"bf16"``; ``None`` for ``"fp32"`` and ``"int8"`` (int8 is not an
+    autocast mode). See :func:`inference_precision`.
+
+    Raises:
+        ValueError: an unknown precision.
+    """
+    return torch.bfloat16 if inference_precision(precision) == "bf16" else None
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Any:

@@ -10,14 +10,14 @@ Sources:
   folders, DICOM series folders with an RTSTRUCT, suffixed ``X_image`` + ``X_mask`` files;
   patient and modality from the path). The layouts are described in that module.
 * ``"csv"``: columns ``image,label`` and optionally ``patient``, ``case``, ``modality``;
-  relative paths are relative to the CSV file.
+  relative paths are relative to the CSV file; read by
+  :func:`napari_sam_med.volume.datasets.read_csv` (a row without a label is unlabelled).
 
 ``patient_regex`` (group 1 of a match on the case name) overrides the patient everywhere.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -27,14 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_sam_med.volume.datasets import Case, find_pairs, modality_from_name
+from napari_sam_med.volume.datasets import Case, find_pairs, read_csv
 from napari_sam_med.volume.io import (
     Volume,
     check_label_matches,
     read_rtstruct,
     read_volume,
 )
-from napari_sam_med.volume.io import strip_volume_suffix as _strip_suffix
 
 logger = logging.getLogger(__name__)
 
@@ -61,37 +60,10 @@ def apply_patient_regex(cases: list[Case], patient_regex: str | None) -> list[Ca
 
 
 def cases_from_csv(path: str | Path) -> list[Case]:
-    """Cases from a CSV with columns ``image,label[,patient][,case][,modality]``."""
-    path = Path(path)
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read the CSV ({err})") from err
-    if not rows or "image" not in rows[0]:
-        raise ValueError(
-            f"{path}: expected a header with an 'image' column, got "
-            f"{list(rows[0]) if rows else 'no rows'}"
-        )
-    cases = []
-    for i, row in enumerate(rows):
-        image = (path.parent / row["image"].strip()).resolve()
-        label = (row.get("label") or "").strip()
-        name = (row.get("case") or "").strip() or _strip_suffix(image.name)
-        patient = (row.get("patient") or "").strip() or name
-        modality = (row.get("modality") or "").strip() or modality_from_name(name)
-        cases.append(
-            Case(
-                name,
-                patient,
-                str(image),
-                str((path.parent / label).resolve()) if label else None,
-                modality,
-            )
-        )
-        if not row["image"].strip():
-            raise ValueError(f"{path}: row {i + 2} has an empty 'image'")
-    return cases
+    """Cases from a CSV with columns ``image[,label][,patient][,case][,modality]``, read by
+    :func:`napari_sam_med.volume.datasets.read_csv` (files are checked later, by
+    :func:`validate_cases`)."""
+    return read_csv(path, require_labels=False)
 
 
 def dataset_from_shared_ibsi(root: str | Path) -> list[Case]:

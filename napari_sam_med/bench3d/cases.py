@@ -10,40 +10,26 @@ are JSON with one list of case ids per group (``"train"``, ``"val"``), as
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import re
 from dataclasses import replace
 from pathlib import Path
 
 from ..export import EvalCase, discover_cases
 from ..preprocessing import guess_preset
+from ..volume.datasets import modality_from_name, read_csv
 from . import GROUPS
 
 
 def read_case_table(path: str | os.PathLike) -> list[EvalCase]:
-    """Cases of a CSV table (see the module docstring).
+    """Cases of a CSV table (see the module docstring), read by
+    :func:`napari_sam_med.volume.datasets.read_csv`.
 
     Raises:
         ValueError: unreadable file, missing columns or files (naming the file and row).
     """
-    p = Path(path)
-    try:
-        rows = list(csv.DictReader(p.read_text().splitlines()))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise ValueError(f"{p}: cannot read the case table ({err})") from err
-    if not rows or not {"image", "label"} <= set(rows[0]):
-        raise ValueError(f"{p}: expected a CSV with 'image' and 'label' columns")
-    cases = []
-    for i, row in enumerate(rows, start=2):
-        image, label = (p.parent / row["image"]).resolve(), (p.parent / row["label"]).resolve()
-        for f in (image, label):
-            if not f.exists():
-                raise ValueError(f"{p}: row {i}: {f} does not exist")
-        name = row.get("case") or Path(row["image"]).name
-        cases.append(EvalCase(name, str(image), str(label), row.get("modality") or None))
-    return cases
+    found = read_csv(path, check_files=True, keep_suffix=True, modality_from_names=False)
+    return [EvalCase(c.case, c.image, str(c.label), c.modality) for c in found]
 
 
 def load_cases(data: str | os.PathLike, default_modality: str | None = None) -> list[EvalCase]:
@@ -88,9 +74,8 @@ def select_group(
 
 def modality_of(case: EvalCase, image_array) -> str:
     """``"CT"`` or ``"MR"``, as :func:`~napari_sam_med.preprocessing.guess_preset` reads the
-    case's modality; without one, a ``CT``/``MR`` word of its name (``STS_001/CT``, ``x_MR_T1``);
-    else the voxel values."""
-    words = set(re.split(r"[/_\-. ]+", case.name.upper()))
-    named = "CT" if "CT" in words else ("MR" if words & {"MR", "MRI"} else None)
-    preset = guess_preset(case.modality or named, image_array)
+    case's modality; without one, the modality its name gives
+    (:func:`~napari_sam_med.volume.datasets.modality_from_name`: ``STS_001/CT``, ``x_MR``,
+    ``x_T1``); else the voxel values."""
+    preset = guess_preset(case.modality or modality_from_name(case.name), image_array)
     return "CT" if preset.startswith("ct") else "MR"

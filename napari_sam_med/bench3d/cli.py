@@ -142,10 +142,13 @@ def cmd_evaluate3d(args: argparse.Namespace, specs: list[str], names: list[str])
             raise ValueError(f"--cases {args.cases}: expected a positive number")
         cases = cases[: args.cases]
     device = resolve_device(args.device)
-    built = {spec: build_sam(spec, device=device) for spec in dict.fromkeys(specs)}
+    precision = getattr(args, "precision", None) or "fp32"
+    built = {s: build_sam(s, device=device, precision=precision) for s in dict.fromkeys(specs)}
     models = [BenchModel(n, built[s]) for s, n in zip(specs, names, strict=True)]
     if args.baseline and args.baseline.lower() != "none":
-        model = built.get(args.baseline) or build_sam(args.baseline, device=device)
+        model = built.get(args.baseline) or build_sam(
+            args.baseline, device=device, precision=precision
+        )
         row = BASELINE_ROW if args.baseline == "lite_medsam" else f"{BASELINE_ROW}[{args.baseline}]"
         models.append(BenchModel(row, model, baseline=True))
     header = {
@@ -163,6 +166,7 @@ def cmd_evaluate3d(args: argparse.Namespace, specs: list[str], names: list[str])
             for m in models
         ],  # fmt: skip
         "settings": settings.to_dict(),
+        "precision": precision,
     }
     folder = RunFolder(args.out_dir, header, args.resume, args.overwrite)
     cache = EmbeddingCache(args.cache_dir, memory_bytes=2 * 2**30)  # a whole case stays float32

@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from ..config import DEFAULT_MODEL
+from ..device import PRECISIONS
 
 
 def parent_parsers() -> tuple[argparse.ArgumentParser, ...]:
@@ -32,9 +33,10 @@ def parent_parsers() -> tuple[argparse.ArgumentParser, ...]:
 
 
 def add_speed_args(model: argparse.ArgumentParser) -> None:
-    """``--precision fp32|bf16`` and its alias ``--fast`` on the model options."""
-    model.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                       help="bf16 = fast mode: image encoder under bfloat16 autocast")  # fmt: skip
+    """``--precision fp32|bf16|int8`` and its alias ``--fast`` on the model options."""
+    model.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                       help="bf16 = fast mode: image encoder under bfloat16 autocast; int8 = "
+                            "dynamic int8 transformer linears (TinyViT models, CPU)")  # fmt: skip
     model.add_argument("--fast", dest="precision", action="store_const", const="bf16",
                        help="same as --precision bf16")  # fmt: skip
 

@@ -9,7 +9,8 @@ encoder's shapes. All results are float32 and match the aten ops to rounding (ab
 
 The fused ops are used only for float32 CPU tensors outside autocast and only when a probe call
 works on this build; otherwise every function falls back to the aten ops (so autocast, other
-dtypes and other devices behave exactly as before).
+dtypes and other devices behave exactly as before). A weight given as an
+:class:`~._int8_linear.Int8Weight` runs the dynamic int8 product instead (``precision="int8"``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import functools
 
 import torch
 import torch.nn.functional as F
+
+from ._int8_linear import Int8Weight
 
 
 @functools.cache
@@ -54,9 +57,16 @@ def _fused(x: torch.Tensor) -> bool:
 
 
 def linear(
-    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool = False
+    x: torch.Tensor, w: torch.Tensor | Int8Weight, b: torch.Tensor | None, gelu: bool = False
 ) -> torch.Tensor:
-    """``gelu?(x @ w.T + b)`` for ``...xK`` input and ``NxK`` weight (exact-erf GELU)."""
+    """``gelu?(x @ w.T + b)`` for ``...xK`` input and ``NxK`` weight (exact-erf GELU).
+
+    ``w`` may be an :class:`Int8Weight` (``precision="int8"``; it holds its own bias, pass
+    ``b=None``).
+    """
+    if isinstance(w, Int8Weight):
+        y = w(x)
+        return torch.ops.aten.gelu_(y) if gelu else y
     if _fused(x):
         op = torch.ops.mkldnn._linear_pointwise
         return op(x, w, b, "gelu", [], "none") if gelu else op(x, w, b, "none", [], "")
@@ -65,9 +75,11 @@ def linear(
 
 
 def linear_add(
-    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, other: torch.Tensor
+    x: torch.Tensor, w: torch.Tensor | Int8Weight, b: torch.Tensor | None, other: torch.Tensor
 ) -> torch.Tensor:
     """``x @ w.T + b + other`` (``other`` has the output's shape): a residual in the epilogue."""
+    if isinstance(w, Int8Weight):
+        return w(x).add_(other)
     if _fused(x) and other.is_contiguous():
         return torch.ops.mkldnn._linear_pointwise.binary(x, other, w, b, "add")
     return F.linear(x, w, b).add_(other)

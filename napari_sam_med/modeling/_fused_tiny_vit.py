@@ -20,6 +20,8 @@ What makes it fast on a CPU (``benchmarks/bench_encoder.py`` prints measured fig
 * The full-resolution stages (MBConv and patch merging) run in row strips with a one-row
   halo, so the 4x expanded hidden activations never exist in full (64 MB per block); the
   MLPs run in chunks of rows for the same reason.
+* Optionally (``int8=True``, ``precision="int8"``) the transformer blocks' linear layers run
+  as dynamic int8 products (``_int8_linear.py``); the default is exact float32.
 
 Images of a batch are encoded one after the other (the work per image is large).
 """
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._cpu_kernels import conv2d, linear, linear_add
+from ._int8_linear import Int8Weight
 from .window_attention import window_partition, window_reverse
 
 if TYPE_CHECKING:
@@ -113,8 +116,24 @@ class _Strip:
         return out
 
 
+def _int8(
+    w: torch.Tensor | Int8Weight, b: torch.Tensor | None
+) -> tuple[Int8Weight, torch.Tensor | None]:
+    """``(w, b)`` as an int8 weight holding its bias (unchanged when already int8)."""
+    return (w, b) if isinstance(w, Int8Weight) else (Int8Weight(w, b), None)
+
+
 class _Block:
     """Folded :class:`TinyViTBlock` on one ``HxWxC`` token map."""
+
+    qkv_w: torch.Tensor | Int8Weight
+    proj_w: torch.Tensor | Int8Weight
+    fc1_w: torch.Tensor | Int8Weight
+    fc2_w: torch.Tensor | Int8Weight
+    qkv_b: torch.Tensor | None
+    proj_b: torch.Tensor | None
+    fc1_b: torch.Tensor | None
+    fc2_b: torch.Tensor | None
 
     def __init__(self, blk: TinyViTBlock) -> None:
         attn, mlp = blk.attn, blk.mlp
@@ -135,6 +154,13 @@ class _Block:
         self.fc1_w, self.fc1_b = w.to(dtype), b.to(dtype)
         self.fc2_w, self.fc2_b = mlp.fc2.weight.detach(), mlp.fc2.bias.detach()
 
+    def quantize_int8(self) -> None:
+        """Run qkv, proj, fc1 and fc2 as dynamic int8 products (``precision="int8"``)."""
+        self.qkv_w, self.qkv_b = _int8(self.qkv_w, self.qkv_b)
+        self.proj_w, self.proj_b = _int8(self.proj_w, self.proj_b)
+        self.fc1_w, self.fc1_b = _int8(self.fc1_w, self.fc1_b)
+        self.fc2_w, self.fc2_b = _int8(self.fc2_w, self.fc2_b)
+
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """``x + proj(window attention(x))`` on ``HxWxC`` tokens (zero-padded windows)."""
         h, w, c = x.shape
@@ -154,7 +180,7 @@ class _Block:
         x = conv2d(_as_map(x), self.lc_w, self.lc_b, self.lc_pad, 1, c)[0].permute(1, 2, 0)
         flat = x.reshape(h * w, c)
         res = torch.empty_like(flat)
-        step = max(1, _MLP_ELEMS // self.fc1_w.shape[0])
+        step = max(1, _MLP_ELEMS // self.fc1_w.shape[0])  # (Int8Weight has .shape too)
         for i in range(0, h * w, step):
             t = F.layer_norm(flat[i : i + step], (c,), None, None, self.mlp_eps)
             t = linear(t, self.fc1_w, self.fc1_b, gelu=True)
@@ -165,7 +191,8 @@ class _Block:
 class FusedTinyViT:
     """Callable eval-only twin of a :class:`TinyViT` (see the module docstring)."""
 
-    def __init__(self, model: TinyViT) -> None:
+    def __init__(self, model: TinyViT, int8: bool = False) -> None:
+        """Fold ``model``'s weights; ``int8``: the blocks' linear layers in dynamic int8."""
         with torch.no_grad():
             seq = model.patch_embed.seq  # ConvBN, GELU, ConvBN
             pe0, pe2 = cast("ConvBN", seq[0]), cast("ConvBN", seq[2])
@@ -187,6 +214,10 @@ class FusedTinyViT:
             self.neck_w0 = conv0.weight.detach().flatten(1)
             self.neck_w2 = conv2.weight.detach().contiguous(memory_format=_CL)
             self.ln = [(m.weight.detach(), m.bias.detach(), m.eps) for m in (ln1, ln2)]
+            if int8:
+                for op in self.ops:
+                    if isinstance(op, _Block):
+                        op.quantize_int8()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``Bx3xHxW`` -> ``BxCoutxH/4xW/4``."""

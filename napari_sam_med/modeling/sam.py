@@ -29,6 +29,9 @@ class Sam(nn.Module):
     mask_threshold: float = 0.0
     #: autocast dtype of :meth:`encode_image` (``None``: float32); set by ``build_sam``
     encoder_autocast: torch.dtype | None = None
+    #: the TinyViT encoder's fused path runs its transformer linears in dynamic int8
+    #: (``precision="int8"``); set by ``build_sam``
+    encoder_int8: bool = False
     #: what ``build_model`` / ``build_sam`` record on the model (declared for the type checker)
     config: SamConfig
     checkpoint_path: str | None

@@ -254,6 +254,7 @@ class TinyViT(nn.Module):
         self._fast: FusedTinyViT | None = None  # set by fuse_for_inference()
         self._fast_requested = False
         self._fast_signature: tuple[tuple[int, int], ...] = ()
+        self._fast_int8 = False  # the fused path's transformer linears in dynamic int8
         self.register_load_state_dict_post_hook(lambda module, _keys: module._drop_fast())
 
     @property
@@ -261,7 +262,7 @@ class TinyViT(nn.Module):
         """Whether eval-mode forward passes use the fused inference path."""
         return self._fast_requested
 
-    def fuse_for_inference(self) -> TinyViT:
+    def fuse_for_inference(self, int8: bool | None = None) -> TinyViT:
         """Switch eval-mode forward passes to a fused, faster path; returns ``self``.
 
         Call it after loading weights. BatchNorm (running statistics) and LayerNorm affines are
@@ -271,11 +272,17 @@ class TinyViT(nn.Module):
         steps) and after ``train()``. The fused path runs only in eval mode when no autograd
         graph is needed (gradients disabled, or neither the input nor any parameter requires
         grad); otherwise the plain, trainable modules run.
+
+        ``int8=True`` makes the fused path run the transformer blocks' linear layers as
+        dynamic int8 products (``precision="int8"``; ``False``: exact float32; ``None``: keep
+        the previous choice). The plain modules are never quantised.
         """
         from ._fused_tiny_vit import FusedTinyViT
 
+        if int8 is not None:
+            self._fast_int8 = bool(int8)
         self._fast_requested = True
-        self._fast = FusedTinyViT(self)
+        self._fast = FusedTinyViT(self, int8=self._fast_int8)
         self._fast_signature = weights_signature(self)
         return self
 

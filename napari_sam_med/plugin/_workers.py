@@ -141,7 +141,7 @@ def load_engine(
     """Build the model and bind it to the image (runs in a worker: imports torch).
 
     ``model_name`` may also be an ONNX export folder (onnxruntime backend); ``precision``
-    ``"bf16"`` is the fast mode (see ``backends.load_model``).
+    ``"bf16"`` is the fast mode, ``"int8"`` the int8 mode (see ``backends.load_model``).
 
     ``preset`` is a preset name, or ``(guess, *args)`` to call ``guess(*args)`` in the worker
     (guessing reads the whole volume and imports torch). ``cache_dir`` None uses the user

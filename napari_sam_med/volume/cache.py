@@ -70,6 +70,8 @@ def model_weights_id(model: PromptModel) -> str:
     name = getattr(cfg, "name", "model")
     if getattr(model, "encoder_autocast", None) is not None:  # fast mode: other embeddings
         name = f"{name}-{str(model.encoder_autocast).removeprefix('torch.')}"
+    if getattr(model, "encoder_int8", False):  # int8 mode: other embeddings again
+        name = f"{name}-int8"
     norm = getattr(cfg, "normalization", "")
     path = getattr(model, "checkpoint_path", None)
     if path and os.path.isfile(path):
@@ -103,19 +105,18 @@ def encoder_weights_id(model: PromptModel) -> str:
     if not isinstance(model, Sam):  # another runtime (ONNX): keyed by its own file
         return f"enc-{model_weights_id(model)}"
     autocast = getattr(model, "encoder_autocast", None)  # fast mode: other embeddings
-    arch = json.dumps(
-        {
-            "encoder": getattr(cfg, "encoder", type(model.image_encoder).__name__),
-            "autocast": None if autocast is None else str(autocast),
-            "settings": _encoder_settings(cfg),
-            "img_size": getattr(cfg, "img_size", None),
-            "normalization": getattr(cfg, "normalization", ""),
-            "pixel_mean": list(getattr(cfg, "pixel_mean", ())),
-            "pixel_std": list(getattr(cfg, "pixel_std", ())),
-        },
-        sort_keys=True,
-        default=list,
-    )
+    described = {
+        "encoder": getattr(cfg, "encoder", type(model.image_encoder).__name__),
+        "autocast": None if autocast is None else str(autocast),
+        "settings": _encoder_settings(cfg),
+        "img_size": getattr(cfg, "img_size", None),
+        "normalization": getattr(cfg, "normalization", ""),
+        "pixel_mean": list(getattr(cfg, "pixel_mean", ())),
+        "pixel_std": list(getattr(cfg, "pixel_std", ())),
+    }
+    if getattr(model, "encoder_int8", False):  # only then: fp32/bf16 ids stay as they were
+        described["quantized"] = "int8"
+    arch = json.dumps(described, sort_keys=True, default=list)
     path = getattr(model, "checkpoint_path", None)
     key: _FileKey | None = None
     if path and os.path.isfile(path):

@@ -23,10 +23,15 @@ The one set of rules used by ``sam-med evaluate`` / ``export``
   The **patient** of a case is the first folder of its path below the root that is not an
   image/label folder (``STS_001/CT_image.nii.gz`` -> ``STS_001``), else the case name. The
   **modality** is read from the case name (:func:`modality_from_name`).
+* **CSV case table** (:func:`read_csv`): columns ``image`` and ``label`` (paths relative to
+  the CSV; ``label`` optional when labels are not required) and optionally ``case`` (default:
+  the image's file name), ``patient`` (default: the case name) and ``modality`` (default:
+  read from the case name), as ``training/splits/dev_pool.csv``.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -274,3 +279,74 @@ def _pairs_in_dir(
         label = next((files[base + s] for s in LABEL_SUFFIXES if base + s in files), None)
         out.append((img, label, (folder.relative_to(root) / base).as_posix()))
     return out
+
+
+# --------------------------------------------------------------------- CSV table
+def read_csv(
+    path: str | os.PathLike,
+    *,
+    require_labels: bool = True,
+    check_files: bool = False,
+    keep_suffix: bool = False,
+    modality_from_names: bool = True,
+) -> list[Case]:
+    """Cases of a CSV case table (columns in the module docstring), in row order.
+
+    Args:
+        require_labels: the ``label`` column and a label in every row are needed; else a row
+            with an empty ``label`` is an unlabelled case.
+        check_files: raise when an image or label file does not exist (``sam-med evaluate``);
+            else unreadable files are left to the caller's checks (``training/``).
+        keep_suffix: the default case name keeps the image's suffix (``CT_image.nii.gz``, as
+            the 3D benchmark names cases); else it is dropped (``CT_image``).
+        modality_from_names: without a ``modality`` cell, read it from the case name; else
+            leave it ``None`` (to be filled in by the caller).
+
+    Raises:
+        ValueError: an unreadable file, a missing column, an empty cell or (with
+            ``check_files``) a missing file, naming the file, row and expectation.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"{path}: cannot read the CSV case table ({err})") from err
+    needed = ("image", "label") if require_labels else ("image",)
+    if not rows or not set(needed) <= set(rows[0]):
+        raise ValueError(
+            f"{path}: expected a CSV header with the column(s) {', '.join(needed)}, got "
+            f"{list(rows[0]) if rows else 'no rows'}"
+        )
+    return [
+        _csv_case(path, i, row, needed, check_files, keep_suffix, modality_from_names)
+        for i, row in enumerate(rows, start=2)
+    ]
+
+
+def _csv_case(
+    path: Path,
+    i: int,
+    row: dict[str, str | None],
+    needed: tuple[str, ...],
+    check_files: bool,
+    keep_suffix: bool,
+    modality_from_names: bool,
+) -> Case:
+    """The case of row ``i`` (the line number, after the header) of the CSV ``path``."""
+    cells = {k: (v or "").strip() for k, v in row.items() if isinstance(k, str)}
+    for column in needed:
+        if not cells.get(column):
+            raise ValueError(f"{path}: row {i} has an empty {column!r}; expected a file path")
+    image = (path.parent / cells["image"]).resolve()
+    label = (path.parent / cells["label"]).resolve() if cells.get("label") else None
+    for f in (image, label) if check_files else ():
+        if f is not None and not f.exists():
+            raise ValueError(f"{path}: row {i}: {f} does not exist")
+    file_name = Path(cells["image"]).name
+    name = cells.get("case") or (file_name if keep_suffix else file_stem(file_name))
+    modality = cells.get("modality") or (modality_from_name(name) if modality_from_names else None)
+    return Case(
+        name, cells.get("patient") or name, str(image), None if label is None else str(label),
+        modality,
+    )  # fmt: skip

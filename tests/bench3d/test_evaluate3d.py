@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_sam_med.bench3d.cases import load_cases, select_group
+from napari_sam_med.bench3d.cases import load_cases, modality_of, select_group
 from napari_sam_med.bench3d.cli import parse_engine_overrides
 from napari_sam_med.cli import main
+from napari_sam_med.export import EvalCase
 
 pytest.importorskip("scipy")
 
@@ -157,3 +158,31 @@ def test_run_folder_resume_allows_settings_added_to_the_engine_later(tmp_path) -
         RunFolder(tmp_path, header(box_margin=4.0), resume=True, overwrite=False)
     with pytest.raises(ValueError, match="exclude each other"):
         RunFolder(tmp_path, header(box_margin=3.0), resume=True, overwrite=True)
+
+
+def test_precision_is_honoured_recorded_and_checked_on_resume(tmp_path, capsys) -> None:
+    root = _dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    argv = _argv(root, out, "--starts", "box3d", "--cases", "1", "--baseline", "none")
+    assert main([*argv, "--precision", "bf16"]) == 0
+    header = json.loads((out / "run.json").read_text())
+    assert header["precision"] == "bf16"
+    assert "bfloat16" in header["models"][0]["weights"]  # fast-mode embeddings kept apart
+    fast_encoder = header["models"][0]["encoder"]
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2  # an fp32 run cannot continue a bf16 one
+    assert "cannot resume" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    header = json.loads((out / "run.json").read_text())
+    assert header["precision"] == "fp32" and "bfloat16" not in header["models"][0]["weights"]
+    assert header["models"][0]["encoder"] != fast_encoder
+
+
+def test_modality_of_uses_the_shared_name_rule() -> None:
+    """The case's modality first, then its name (``T1``/``FLAIR`` are MR, as for training),
+    then the voxel values (below -500 and above 0: CT)."""
+    hu = np.array([-1000.0, 40.0])
+    named = {"STS_1/CT": "CT", "x_MR": "MR", "p/T1": "MR", "p/flair": "MR", "p/scan": "CT"}
+    assert {n: modality_of(EvalCase(n, "i", "l"), hu) for n in named} == named
+    assert modality_of(EvalCase("p/scan", "i", "l", "MR"), hu) == "MR"
+    assert modality_of(EvalCase("p/scan", "i", "l"), np.array([0.0, 9.0])) == "MR"

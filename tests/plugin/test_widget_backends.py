@@ -1,4 +1,4 @@
-"""The widget's fast-mode checkbox and the onnxruntime backend (an ONNX export folder)."""
+"""The widget's fast-mode and int8 checkboxes and the onnxruntime backend (ONNX export folder)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,25 @@ def test_fast_mode_checkbox_loads_a_bf16_encoder(open_sam, qtbot):
     add_point(w, Z, 35, 54)
     wait_idle(qtbot, w)
     assert w.session.obj().prompts[Z]["points"] == [[35.0, 54.0]]
+
+
+def test_int8_checkbox_loads_an_int8_encoder_and_clears_the_fast_mode(open_sam, qtbot):
+    from napari_sam_med.modeling._int8_linear import int8_engine
+
+    if int8_engine() is None:
+        pytest.skip("this torch build has no quantised CPU engine")
+    viewer, w = open_sam("ct_phantom")
+    view = w.model.view
+    assert view.precision() == "fp32" and not view.int8_check.isChecked()
+    view.fast_check.setChecked(True)
+    view.int8_check.setChecked(True)  # one precision at a time
+    assert not view.fast_check.isChecked() and view.precision() == "int8"
+    view.model_combo.setCurrentText("lite_medsam")
+    _reload(w, qtbot, "lite_medsam")
+    assert w.engine.model.encoder_int8 and w.engine.model.encoder_autocast is None
+    assert w.engine.model_info["precision"] == "int8"
+    view.fast_check.setChecked(True)
+    assert not view.int8_check.isChecked() and view.precision() == "bf16"
 
 
 def test_onnx_export_folder_as_model(open_sam, qtbot, tmp_path):

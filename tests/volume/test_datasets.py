@@ -16,6 +16,7 @@ from napari_sam_med.volume.datasets import (
     modality_from_name,
     msd_label_names,
     patient_of,
+    read_csv,
     read_msd,
     strip_image_suffix,
 )
@@ -150,6 +151,61 @@ def test_folder_bad_input_is_named(tmp_path: Path) -> None:
         find_pairs(tmp_path / "empty")
 
 
+# -------------------------------------------------------------------- CSV table
+def _table(root: Path, *rows: str, name: str = "cases.csv") -> Path:
+    (root / name).write_text("\n".join(rows) + "\n")
+    return root / name
+
+
+def test_csv_columns_defaults_and_options(tmp_path: Path) -> None:
+    _touch(tmp_path, "d/CT_image.nii.gz", "d/CT_mask.nii.gz", "d/x_T1.nii.gz", "d/u.nii.gz")
+    table = _table(
+        tmp_path / "d",
+        "image,label,patient,case,modality,note",
+        "CT_image.nii.gz,CT_mask.nii.gz,P1,,,a",
+        " x_T1.nii.gz , ,,P2/x,mr,",  # cells are stripped; no label: unlabelled
+        "u.nii.gz,,,,,,extra",  # a row longer than the header
+    )
+    assert _rows(read_csv(table, require_labels=False), tmp_path) == [
+        ("CT_image", "P1", "d/CT_image.nii.gz", "d/CT_mask.nii.gz", "CT"),
+        ("P2/x", "P2/x", "d/x_T1.nii.gz", None, "mr"),
+        ("u", "u", "d/u.nii.gz", None, None),
+    ]  # fmt: skip
+    (tmp_path / "d/more").mkdir()
+    table = _table(tmp_path / "d/more", "image,label", "../x_T1.nii.gz,../CT_mask.nii.gz")
+    named = read_csv(table)[0]
+    assert (named.case, named.modality) == ("x_T1", "MR")  # the modality read from the name
+    bench = read_csv(table, check_files=True, keep_suffix=True, modality_from_names=False)[0]
+    assert (bench.case, bench.modality) == ("x_T1.nii.gz", None)
+    assert bench.image == str(tmp_path / "d/x_T1.nii.gz")
+
+
+def test_csv_bad_input_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"none.csv: cannot read the CSV case table"):
+        read_csv(tmp_path / "none.csv")
+    (tmp_path / "latin.csv").write_bytes(b"image,label\n\xe9\xff.nii.gz,x\n")
+    with pytest.raises(ValueError, match=r"latin.csv: cannot read the CSV case table"):
+        read_csv(tmp_path / "latin.csv")
+    table = _table(tmp_path, "image,mask", "a.nii.gz,b.nii.gz")
+    with pytest.raises(ValueError, match=r"column\(s\) image, label, got \['image', 'mask'\]"):
+        read_csv(table)
+    assert read_csv(table, require_labels=False)[0].label is None
+    with pytest.raises(ValueError, match=r"cases.csv: expected a CSV .* image, label, got no rows"):
+        read_csv(_table(tmp_path, "image,label"))
+    table = _table(tmp_path, "image,label", "a.nii.gz,b.nii.gz", ",b.nii.gz")
+    with pytest.raises(ValueError, match=r"cases.csv: row 3 has an empty 'image'; expected a file"):
+        read_csv(table, require_labels=False)
+    table = _table(tmp_path, "image,label", "a.nii.gz,")
+    with pytest.raises(ValueError, match=r"cases.csv: row 2 has an empty 'label'"):
+        read_csv(table)
+    assert read_csv(table, require_labels=False)[0].label is None
+    table = _table(tmp_path, "image,label", "a.nii.gz,b.nii.gz")
+    assert len(read_csv(table)) == 1  # files are the caller's to check by default
+    _touch(tmp_path, "a.nii.gz")
+    with pytest.raises(ValueError, match=r"cases.csv: row 2: .*b.nii.gz does not exist"):
+        read_csv(table, check_files=True)
+
+
 # --------------------------------------------------------------------- callers
 def test_discover_cases_adapts_for_evaluation(tmp_path: Path) -> None:
     """``sam-med evaluate`` reads label volumes only: no DICOM series, modality from the MSD
@@ -184,3 +240,26 @@ def test_training_sources_use_the_shared_rules(tmp_path: Path) -> None:
     path = _msd(tmp_path / "msd")
     cfg = load_config(None, [f"data.path={path}", "data.source=msd"])
     assert find_cases(cfg.data) == read_msd(path)[0]
+
+
+def test_csv_callers_adapt_the_shared_reader(tmp_path: Path) -> None:
+    """The 3D benchmark keeps file names and lets a default modality apply; training drops
+    the suffix, reads the modality from the name and allows unlabelled rows."""
+    pytest.importorskip("monai")
+    from napari_sam_med.bench3d.cases import load_cases
+    from training.cases import cases_from_csv
+
+    _touch(tmp_path, "P1/MR_T1_image.nii.gz", "P1/MR_T1_mask.nii.gz", "P2/CT_image.nii.gz")
+    table = _table(tmp_path, "image,label,patient", "P1/MR_T1_image.nii.gz,P1/MR_T1_mask.nii.gz,P1")
+    bench = load_cases(table, default_modality="CT")
+    assert bench == [
+        EvalCase("MR_T1_image.nii.gz", str(tmp_path / "P1/MR_T1_image.nii.gz"),
+                 str(tmp_path / "P1/MR_T1_mask.nii.gz"), "CT")
+    ]  # fmt: skip
+    table = _table(tmp_path, "image,label", "P1/MR_T1_image.nii.gz,P1/MR_T1_mask.nii.gz",
+                   "P2/CT_image.nii.gz,")  # fmt: skip
+    assert [(c.case, c.patient, c.modality, c.label is None) for c in cases_from_csv(table)] == [
+        ("MR_T1_image", "MR_T1_image", "MR", False), ("CT_image", "CT_image", "CT", True),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=r"row 3 has an empty 'label'"):
+        load_cases(table)
