@@ -25,9 +25,8 @@ a key slice came from, the box that clicks were turned into).
 
 from __future__ import annotations
 
-import copy
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -36,6 +35,8 @@ from ..masks import box_around
 from ..metrics import dice
 from .box_edits import edit_box as _edit_box
 from .box_edits import take_in_clicks, union_box
+from .carried_clicks import as_clicks, still_wrong
+from .key_predictor import KeyPredictor, pinned
 from .objects import ObjectSegmentation
 from .prompt import SlicePrompt, check_box3d, coerce
 from .propagation_settings import Progress, PropagationSettings
@@ -43,23 +44,7 @@ from .slices import SlicePrediction, SliceSegmenter
 from .stops import stop_reason
 
 logger = logging.getLogger(__name__)
-
-KeyPredictor = Callable[[int, SlicePrompt, bool], "SlicePrediction | None"]
-"""``(z, prompt, correction) -> prediction``: a key slice's mask, or None to let the model
-predict it (``correction``: the slice was corrected after a 3D run)."""
-
-
-def pinned(pins: Mapping[int, SlicePrediction]) -> KeyPredictor:
-    """A key predictor keeping ``pins`` (z -> the mask the user accepted) on their slices."""
-
-    def predict(z: int, prompt: SlicePrompt, correction: bool) -> SlicePrediction | None:
-        if z not in pins:
-            return None
-        pred = copy.copy(pins[z])
-        pred.mask = pred.mask.copy()
-        return pred
-
-    return predict
+__all__ = ["KeyPredictor", "Progress", "PropagationSettings", "Propagator", "pinned", "run"]
 
 
 class Propagator:
@@ -175,8 +160,9 @@ class Propagator:
         above = [k for k in obj.key_prompts if k > z]
         lo = (max(below) + z) // 2 + 1 if below else int(lo)
         hi = (min(above) + z) // 2 if above else int(hi)
+        clicks = as_clicks(points, labels) if self.settings.carry_clicks else None
         for step in (-1, +1):
-            for zz in self._repropagate(obj, z, step, clip, (lo, hi)):
+            for zz in self._repropagate(obj, z, step, clip, (lo, hi), clicks):
                 done += 1
                 yield Progress(done, None, zz, "re-propagating")
 
@@ -285,22 +271,26 @@ class Propagator:
         clip,
         widen: SlicePrediction | None = None,
         prior: SlicePrediction | None = None,
+        clicks: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> SlicePrediction:
         """Predict slice ``z`` from the box around its neighbour ``prev``'s mask.
 
         Re-propagation after a correction (see ``PropagationSettings.repropagate``) may pass
         the slice's own earlier result as ``widen`` (its box joins the neighbour's, so that a
         correction near the object's end does not cut the slices beside it down to the end's
-        size) and as ``prior`` (its logits become the mask prompt)."""
+        size) and as ``prior`` (its logits become the mask prompt), and ``clicks`` carried
+        on from the correction (:mod:`.carried_clicks`)."""
         mask_in = prev.logits[None] if self.settings.use_mask_prompt else None
         box = self._box_around(prev.mask)
         if widen is not None and widen.area:
             box = union_box(box, self._box_around(widen.mask))
         if prior is not None and prior.area:
             mask_in = prior.logits[None]
+        pts, lab = clicks if clicks is not None and len(clicks[0]) else (None, None)
         pred = self.seg.predict(
-            z, box=np.asarray(box, np.float32), mask_input=mask_in, source="propagated"
-        )
+            z, box=np.asarray(box, np.float32), points=pts, labels=lab, mask_input=mask_in,
+            source="propagated",
+        )  # fmt: skip
         return self._clip(pred, clip)
 
     @staticmethod
@@ -350,7 +340,13 @@ class Propagator:
             obj.stop_reasons[name] = reason
 
     def _repropagate(
-        self, obj: ObjectSegmentation, z: int, step: int, clip, z_range: tuple[int, int]
+        self,
+        obj: ObjectSegmentation,
+        z: int,
+        step: int,
+        clip,
+        z_range: tuple[int, int],
+        clicks: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> Iterator[int]:
         mode = self._repropagate_mode()
         if mode == "off":  # the click changes its own slice only
@@ -367,7 +363,9 @@ class Propagator:
                     continue
                 break
             widen = old if mode in ("keep", "union") else None
-            pred = self._step(prev, zz, clip, widen, old if mode == "keep" else None)
+            if clicks is not None:
+                clicks = still_wrong(*clicks, None if old is None else old.mask)
+            pred = self._step(prev, zz, clip, widen, old if mode == "keep" else None, clicks)
             if old is None and self._stop_reason(prev, pred) is not None:
                 break
             if pred.area < self.settings.min_area:

@@ -53,6 +53,8 @@ class PropagationSettings:
             prompt; ``"off"`` not at all (the click changes its own slice only); ``"auto"``:
             the model's calibrated rule (:func:`napari_sam_med.capabilities.engine_rules`),
             else ``box``.
+        carry_clicks: a correction's clicks travel on to the slices beside it while their
+            earlier masks are wrong at the same pixel in the same way (:mod:`.carried_clicks`).
         anisotropy_margin: the box margin is at least this times the ratio of the slice
             gap to the in-plane pixel size (needs the segmenter's ``spacing``).
     """
@@ -69,5 +71,6 @@ class PropagationSettings:
     min_intensity_spread: float = 6.0
     change_tol: float = 0.97
     repropagate: str = "auto"
+    carry_clicks: bool = False
     click_mode: str = "auto"
     anisotropy_margin: float = 0.7

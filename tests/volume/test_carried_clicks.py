@@ -1,0 +1,68 @@
+"""A correction's clicks travel on to the slices beside it while those slices are wrong at the
+same pixel in the same way (``PropagationSettings.carry_clicks``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_sam_med.volume.carried_clicks import as_clicks, still_wrong
+from napari_sam_med.volume.objects import ObjectSegmentation
+from napari_sam_med.volume.propagate import PropagationSettings, Propagator, run
+from napari_sam_med.volume.slices import SliceSegmenter
+from tests.volume.test_propagate import blob_volume
+
+
+def test_a_click_travels_only_where_the_mask_is_wrong_the_same_way():
+    mask = np.zeros((10, 12), bool)
+    mask[2:6, 3:8] = True
+    pts = np.array([[4.0, 3.0], [10.0, 8.0], [10.0, 8.0], [5.0, 4.0]], np.float32)
+    lab = np.array([0, 0, 1, 1])
+    kept, kept_lab = still_wrong(pts, lab, mask)
+    # the negative click inside the mask (a leak) and the positive one outside it (a miss)
+    np.testing.assert_array_equal(kept, [[4.0, 3.0], [10.0, 8.0]])
+    np.testing.assert_array_equal(kept_lab, [0, 1])
+    none, none_lab = still_wrong(pts, lab, None)  # no earlier result: nothing travels
+    assert none.shape == (0, 2) and none_lab.shape == (0,)
+    edge, _ = still_wrong(np.array([[99.0, -5.0]], np.float32), np.array([1]), mask)
+    assert len(edge) == 1  # a click off the slice is read at the nearest pixel, not an error
+    assert as_clicks(None, None) is None and as_clicks(np.zeros((0, 2)), None) is None
+    p, lab1 = as_clicks(np.array([3, 4]), None)
+    assert p.shape == (1, 2) and lab1.tolist() == [1]
+
+
+def _spy(monkeypatch, seg):
+    calls = []
+    real = seg.predict
+
+    def spy(z, prompt=None, **kw):
+        calls.append((z, kw.get("points"), kw.get("labels")))
+        return real(z, prompt, **kw)
+
+    monkeypatch.setattr(seg, "predict", spy)
+    return calls
+
+
+def test_a_negative_click_follows_the_leak_to_the_slices_beside_it(tiny_model, monkeypatch):
+    vol, _blob = blob_volume()
+    seg = SliceSegmenter(tiny_model, vol, "minmax")
+    calls = _spy(monkeypatch, seg)
+    click = np.array([[50.0, 24.0]])
+    for carry in (True, False):
+        prop = Propagator(seg, PropagationSettings(change_tol=1.1, min_area=0, carry_clicks=carry))
+        obj = ObjectSegmentation(1)
+        run(prop.box3d(obj, [30, 10, 1, 70, 38, 7]))
+        for z in (2, 3, 5):  # the earlier masks cover the clicked pixel on slices 2, 3 and 5...
+            obj.slices[z].mask[24, 50] = True
+        for z in (1, 6):  # ...not on 1 and 6 (the leak ended there)
+            obj.slices[z].mask[24, 50] = False
+        obj.slices[7].mask[24, 50] = True
+        calls.clear()
+        run(prop.correct(obj, 4, points=click, labels=np.array([0])))
+        carried = {z: (p, lab) for z, p, lab in calls[1:] if p is not None}
+        if not carry:
+            assert carried == {}
+            continue
+        assert sorted(carried) == [2, 3, 5], carried  # stops at 1 and 6, not back at 7
+        for p, lab in carried.values():
+            np.testing.assert_array_equal(p, click)
+            assert lab.tolist() == [0]
