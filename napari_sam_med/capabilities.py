@@ -63,7 +63,12 @@ def model_capabilities(model: PromptModel) -> Capabilities:
 
 
 # What the engine does for a model without calibrated rules (chosen for LiteMedSAM's IoU head).
-DEFAULT_ENGINE_RULES: dict[str, Any] = {"min_iou": 0.5, "min_stability": 0.5, "repropagate": "box"}
+DEFAULT_ENGINE_RULES: dict[str, Any] = {
+    "min_iou": 0.5,
+    "min_stability": 0.5,
+    "repropagate": "box",
+    "carry_clicks": False,
+}
 REPROPAGATE_MODES = ("box", "union", "keep", "off")
 
 
@@ -71,8 +76,8 @@ def engine_rules(model: PromptModel) -> dict[str, Any]:
     """The engine rules chosen for this model on training patients when it shipped
     (``checkpoint_metadata["engine"]``: ``min_iou`` and ``min_stability``, below which
     propagation without a z-range stops, and ``repropagate``, how a correction reaches the
-    slices beside it), each falling back to :data:`DEFAULT_ENGINE_RULES` when missing or
-    malformed."""
+    slices beside it, and ``carry_clicks``, whether its clicks travel on to them), each
+    falling back to :data:`DEFAULT_ENGINE_RULES` when missing or malformed."""
     meta = getattr(model, "checkpoint_metadata", None) or {}
     given: dict[str, Any] = meta["engine"] if isinstance(meta.get("engine"), dict) else {}
     out = dict(DEFAULT_ENGINE_RULES)
@@ -82,6 +87,8 @@ def engine_rules(model: PromptModel) -> dict[str, Any]:
             out[key] = float(value)
     if given.get("repropagate") in REPROPAGATE_MODES:
         out["repropagate"] = given["repropagate"]
+    if isinstance(given.get("carry_clicks"), bool):
+        out["carry_clicks"] = given["carry_clicks"]
     return out
 
 

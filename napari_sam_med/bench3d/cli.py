@@ -97,7 +97,7 @@ def parse_engine_overrides(items: Sequence[str] | None) -> Any:
 
 
 # Settings whose default None means "follow the model": the type a value given for them has.
-_UNSET_KINDS: dict[str, type] = {"correction_mask_prompt": bool}
+_UNSET_KINDS: dict[str, type] = {"correction_mask_prompt": bool, "carry_clicks": bool}
 
 
 def _parse_value(key: str, text: str, kind: type) -> Any:

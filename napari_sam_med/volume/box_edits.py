@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .prompt import SlicePrompt
+
 
 def edit_box(box: np.ndarray, points: np.ndarray, labels: np.ndarray, margin: float) -> np.ndarray:
     """``box`` ``[x0, y0, x1, y1]`` edited by clicks (see ``PropagationSettings.click_mode``)."""
@@ -37,3 +39,10 @@ def union_box(a: Sequence[float], b: Sequence[float]) -> list[float]:
     """The smallest ``[x0, y0, x1, y1]`` holding both boxes."""
     return [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
 
+
+def box_and_clicks(p: SlicePrompt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The box, points and labels of a prompt that has a box and clicks."""
+    box, pts, lab = p.arrays()
+    if box is None or pts is None or lab is None:
+        raise ValueError(f"expected a box and clicks; got {p.to_json()}")
+    return box, pts, lab

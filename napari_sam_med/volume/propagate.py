@@ -33,6 +33,7 @@ import numpy as np
 from ..capabilities import REPROPAGATE_MODES, engine_rules, model_capabilities
 from ..masks import box_around
 from ..metrics import dice
+from .box_edits import box_and_clicks as _box_and_clicks
 from .box_edits import edit_box as _edit_box
 from .box_edits import take_in_clicks, union_box
 from .carried_clicks import as_clicks, still_wrong
@@ -160,7 +161,7 @@ class Propagator:
         above = [k for k in obj.key_prompts if k > z]
         lo = (max(below) + z) // 2 + 1 if below else int(lo)
         hi = (min(above) + z) // 2 if above else int(hi)
-        clicks = as_clicks(points, labels) if self.settings.carry_clicks else None
+        clicks = as_clicks(points, labels) if self._carry_clicks() else None
         for step in (-1, +1):
             for zz in self._repropagate(obj, z, step, clip, (lo, hi), clicks):
                 done += 1
@@ -253,6 +254,10 @@ class Propagator:
             rules["min_iou"] if s.min_iou is None else float(s.min_iou),
             rules["min_stability"] if s.min_stability is None else float(s.min_stability),
         )
+
+    def _carry_clicks(self) -> bool:
+        forced = self.settings.carry_clicks
+        return bool(engine_rules(self.seg.model)["carry_clicks"] if forced is None else forced)
 
     def _repropagate_mode(self) -> str:
         mode = self.settings.repropagate
@@ -389,10 +394,3 @@ def _read_prompts(obj: ObjectSegmentation) -> None:
 def run(job: Iterator[Progress]) -> list[Progress]:
     """Consume a job to the end (no progress display); returns the progress events."""
     return list(job)
-
-
-def _box_and_clicks(p: SlicePrompt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    box, pts, lab = p.arrays()  # the box, points and labels of a prompt with a box and clicks
-    if box is None or pts is None or lab is None:
-        raise ValueError(f"expected a box and clicks; got {p.to_json()}")
-    return box, pts, lab

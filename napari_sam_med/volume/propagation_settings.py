@@ -54,7 +54,9 @@ class PropagationSettings:
             the model's calibrated rule (:func:`napari_sam_med.capabilities.engine_rules`),
             else ``box``.
         carry_clicks: a correction's clicks travel on to the slices beside it while their
-            earlier masks are wrong at the same pixel in the same way (:mod:`.carried_clicks`).
+            earlier masks are wrong at the same pixel in the same way (:mod:`.carried_clicks`);
+            ``None``: the model's calibrated rule
+            (:func:`napari_sam_med.capabilities.engine_rules`), else off.
         anisotropy_margin: the box margin is at least this times the ratio of the slice
             gap to the in-plane pixel size (needs the segmenter's ``spacing``).
     """
@@ -71,6 +73,6 @@ class PropagationSettings:
     min_intensity_spread: float = 6.0
     change_tol: float = 0.97
     repropagate: str = "auto"
-    carry_clicks: bool = False
+    carry_clicks: bool | None = None
     click_mode: str = "auto"
     anisotropy_margin: float = 0.7

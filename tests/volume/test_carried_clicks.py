@@ -66,3 +66,16 @@ def test_a_negative_click_follows_the_leak_to_the_slices_beside_it(tiny_model, m
         for p, lab in carried.values():
             np.testing.assert_array_equal(p, click)
             assert lab.tolist() == [0]
+
+
+def test_carrying_follows_the_models_recorded_rule_unless_set(tiny_model):
+    import copy
+
+    model = copy.deepcopy(tiny_model)
+    seg = SliceSegmenter(model, blob_volume()[0], "minmax")
+    assert not Propagator(seg)._carry_clicks()  # no recorded rule: off, as before
+    for recorded, expected in ((True, True), (False, False), ("yes", False)):  # malformed: off
+        model.checkpoint_metadata = {"engine": {"carry_clicks": recorded}}
+        assert Propagator(seg)._carry_clicks() is expected
+    model.checkpoint_metadata = {"engine": {"carry_clicks": True}}
+    assert not Propagator(seg, PropagationSettings(carry_clicks=False))._carry_clicks()
