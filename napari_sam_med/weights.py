@@ -45,7 +45,7 @@ class PackagedWeights:
 PACKAGED: dict[str, PackagedWeights] = {
     "sam_med_lite": PackagedWeights(
         file="sam_med_lite_v1.pt",
-        sha256="027ac732da02a886dc3a7d34eab6fe824d857133515829775e2ece7f7c36d758",
+        sha256="a36b08cdd90e8c0ac9c7d9d9a91757d2b1c97344206745044c7ea4f36803c342",
         base="lite_medsam",
     ),
 }

@@ -10,7 +10,7 @@ import pytest
 
 from napari_sam_med import weights
 from napari_sam_med.build import build_sam
-from napari_sam_med.capabilities import model_capabilities
+from napari_sam_med.capabilities import engine_rules, model_capabilities
 from napari_sam_med.config import REGISTRY
 from napari_sam_med.errors import CheckpointError
 
@@ -58,6 +58,10 @@ def test_golden_answers_catch_a_weight_change(model):
 def test_model_records_what_it_was_trained_for(model):
     caps = model_capabilities(model)
     assert caps.clicks and caps.mask_prompt and caps.propagation
+    # the engine rules chosen for it on training patients travel with it
+    assert engine_rules(model) == {
+        "repropagate": "union", "min_iou": 0.5, "min_stability": 0.5, "carry_clicks": True,
+    }  # fmt: skip
 
 
 def test_one_corrective_click_raises_dice_on_the_ct_phantom(model, tmp_path):

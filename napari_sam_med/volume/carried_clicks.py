@@ -4,6 +4,12 @@ A corrective click says "this pixel is wrong". When re-propagation reaches a nei
 earlier mask is wrong at the same pixel in the same way (a negative click on a pixel that mask
 still covers: the leak goes on; a positive click on a pixel it misses: the miss goes on), the
 click is passed to that neighbour's prediction too, and travels on while that holds.
+
+A tumour widens towards its middle, so a negative click travels only away from the object's
+middle slice (towards its nearer end, where a leak outside the tumour goes on; towards the
+middle the tumour itself may cover the pixel); a positive click travels both ways. (Chosen on
+training patients against negative-outward/positive-inward and no direction rule; the model
+card has the table.)
 """
 
 from __future__ import annotations
@@ -38,3 +44,17 @@ def as_clicks(
         return None
     lab = np.ones(len(pts), np.int64) if labels is None else np.asarray(labels, np.int64)
     return pts, lab
+
+
+def heading(
+    clicks: tuple[np.ndarray, np.ndarray] | None, z: int, middle: float, step: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The clicks on slice ``z`` that travel in direction ``step`` (+1/-1) for an object whose
+    middle slice is ``middle``: positive ones both ways, negative ones away from the middle
+    (both ways from the middle slice itself)."""
+    if clicks is None:
+        return None
+    points, labels = clicks
+    outward = (z - middle) * step >= 0
+    keep = (labels > 0) | outward
+    return (points[keep], labels[keep]) if keep.any() else None

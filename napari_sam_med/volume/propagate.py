@@ -36,7 +36,7 @@ from ..metrics import dice
 from .box_edits import box_and_clicks as _box_and_clicks
 from .box_edits import edit_box as _edit_box
 from .box_edits import take_in_clicks, union_box
-from .carried_clicks import as_clicks, still_wrong
+from .carried_clicks import as_clicks, heading, still_wrong
 from .key_predictor import KeyPredictor, pinned
 from .objects import ObjectSegmentation
 from .prompt import SlicePrompt, check_box3d, coerce
@@ -162,8 +162,10 @@ class Propagator:
         lo = (max(below) + z) // 2 + 1 if below else int(lo)
         hi = (min(above) + z) // 2 if above else int(hi)
         clicks = as_clicks(points, labels) if self._carry_clicks() else None
+        zs = [k for k, p in obj.slices.items() if p.area] or [z]
         for step in (-1, +1):
-            for zz in self._repropagate(obj, z, step, clip, (lo, hi), clicks):
+            carried = heading(clicks, z, (min(zs) + max(zs)) / 2, step)
+            for zz in self._repropagate(obj, z, step, clip, (lo, hi), carried):
                 done += 1
                 yield Progress(done, None, zz, "re-propagating")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_sam_med.volume.carried_clicks import as_clicks, still_wrong
+from napari_sam_med.volume.carried_clicks import as_clicks, heading, still_wrong
 from napari_sam_med.volume.objects import ObjectSegmentation
 from napari_sam_med.volume.propagate import PropagationSettings, Propagator, run
 from napari_sam_med.volume.slices import SliceSegmenter
@@ -28,6 +28,21 @@ def test_a_click_travels_only_where_the_mask_is_wrong_the_same_way():
     assert as_clicks(None, None) is None and as_clicks(np.zeros((0, 2)), None) is None
     p, lab1 = as_clicks(np.array([3, 4]), None)
     assert p.shape == (1, 2) and lab1.tolist() == [1]
+
+
+def test_negative_clicks_travel_away_from_the_middle_and_positive_ones_both_ways():
+    clicks = (np.array([[1.0, 2.0], [3.0, 4.0]], np.float32), np.array([0, 1]))
+    # clicked slice 8 above the middle (5): the leak goes on upwards only, the miss both ways
+    up, down = heading(clicks, 8, 5.0, +1), heading(clicks, 8, 5.0, -1)
+    assert up is not None and up[1].tolist() == [0, 1] and up[0].tolist() == [[1, 2], [3, 4]]
+    assert down is not None and down[1].tolist() == [1] and down[0].tolist() == [[3.0, 4.0]]
+    below = heading(clicks, 2, 5.0, -1)  # below the middle: downwards is outwards
+    assert below is not None and below[1].tolist() == [0, 1]
+    assert heading(clicks, 2, 5.0, +1)[1].tolist() == [1]
+    both = [heading(clicks, 5, 5.0, s) for s in (-1, +1)]  # on the middle: negatives both ways
+    assert all(h is not None and h[1].tolist() == [0, 1] for h in both)
+    assert heading((clicks[0][:1], clicks[1][:1]), 8, 5.0, -1) is None  # a lone inward leak
+    assert heading(None, 8, 5.0, 1) is None
 
 
 def _spy(monkeypatch, seg):
