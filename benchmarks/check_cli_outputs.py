@@ -5,6 +5,8 @@ the CLI's outputs identical (run it before and after; the printed hashes must ma
     CHECK_CLI_SHOW=1 python benchmarks/check_cli_outputs.py export,evaluate   # some, verbose
     PYTHONPATH=/other/tree python benchmarks/check_cli_outputs.py       # another tree
 
+Paths inside this checkout are hashed as ``REPO/...``, so two checkouts give the same digests.
+
 Cheap on purpose: LiteMedSAM on the CPU, a few slices per command. What is hashed is the
 content (voxel arrays with their geometry, CSV/JSON values without timings, printed lines
 without paths and seconds), not file bytes: gzip headers and timings change from run to run.
@@ -55,7 +57,8 @@ def _clean(value: object) -> object:
         return {k: _clean(v) for k, v in sorted(value.items()) if not TIMING.search(str(k))}
     if isinstance(value, list):
         return [_clean(v) for v in value]
-    if isinstance(value, str):
+    if isinstance(value, str):  # paths of this checkout and of the temporary folder
+        value = value.replace(str(HERE.parent), "REPO")
         return re.sub(r"/tmp/[^\s,'\"]*/", "TMP/", value)
     return value
 
