@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from .amg_utils import (
     stability_score,
 )
 from .predictor import MASK_THRESHOLD, SamPredictor
+
+if TYPE_CHECKING:
+    from .modeling.protocol import PromptModel
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +129,7 @@ class AutomaticMaskGenerator:
         **settings: any field of :class:`AMGSettings`.
     """
 
-    def __init__(self, model: Any, **settings: Any) -> None:
+    def __init__(self, model: PromptModel, **settings: Any) -> None:
         self.settings = AMGSettings(**settings)
         self.predictor = SamPredictor(model)
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from .outputs import write_bytes_atomic
 from .volume.io import check_label_matches, read_volume
 from .volume.segment import resolve_preset
 from .volume.slices import SliceSegmenter
+
+if TYPE_CHECKING:
+    from .modeling.protocol import PromptModel
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +173,7 @@ def object_slices(mask3d: np.ndarray, n: int = 1) -> list[int]:
 
 
 def evaluate_model(
-    model: Any,
+    model: PromptModel,
     cases: Sequence[EvalCase],
     settings: ClickSettings = ClickSettings(),
     model_name: str = "",

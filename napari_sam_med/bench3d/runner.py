@@ -19,7 +19,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from ..volume.segment import resolve_preset
 from ..volume.slices import SliceSegmenter
 from .cases import modality_of
 from .clicks import STARTS, box3d_of, next_click, start_prompt
+
+if TYPE_CHECKING:
+    from ..modeling.protocol import PromptModel
 
 BASELINE_START = "box3d"
 
@@ -198,7 +201,7 @@ class BenchModel:
     procedure with it instead of the engine)."""
 
     name: str
-    model: Any
+    model: PromptModel
     baseline: bool = False
 
     def starts(self, settings: BenchSettings) -> tuple[str, ...]:

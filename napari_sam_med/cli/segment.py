@@ -17,9 +17,12 @@ import os
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .options import add_output_args, load_model, model_cache
+
+if TYPE_CHECKING:
+    from ..modeling.protocol import PromptModel
 
 logger = logging.getLogger(__name__)
 _BOX3D = ("X0", "Y0", "Z0", "X1", "Y1", "Z1")
@@ -153,7 +156,7 @@ def _cases_from_args(args: argparse.Namespace) -> list:
     return parse_manifest(data, "command line", Path.cwd(), args.out_dir)
 
 
-def _check_text_support(cases: list, model: Any, model_arg: str) -> None:
+def _check_text_support(cases: list, model: PromptModel, model_arg: str) -> None:
     """Refuse text prompts up front (before any output) unless the model takes them and
     its text encoder loads."""
     if not any(o.text for c in cases for o in c.objects):

@@ -17,11 +17,14 @@ import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..volume.prompt import SlicePrompt
+
+if TYPE_CHECKING:
+    from ..modeling.protocol import PromptModel
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +112,7 @@ class Engine:
 
     def __init__(
         self,
-        model: Any,
+        model: PromptModel,
         image: np.ndarray,
         preset: str,
         cache_dir: Any = None,
