@@ -94,7 +94,7 @@ def run(argv: list[str], tmp: Path) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = main(argv)
-    text = out.getvalue().replace(str(tmp), "TMP")
+    text = out.getvalue().replace(str(tmp), "TMP").replace(str(HERE.parent), "REPO")
     text = re.sub(r"\d+(\.\d+)? s\b", "N s", text)  # timings
     text = re.sub(r"device \S+", "device D", text)
     return code, _drop_seconds_column(text)
