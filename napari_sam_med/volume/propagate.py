@@ -162,9 +162,10 @@ class Propagator:
         lo = (max(below) + z) // 2 + 1 if below else int(lo)
         hi = (min(above) + z) // 2 if above else int(hi)
         clicks = as_clicks(points, labels) if self._carry_clicks() else None
-        zs = [k for k, p in obj.slices.items() if p.area] or [z]
+        zs = [k for k, p in obj.slices.items() if p.area] if clicks else []
+        middle = (min(zs) + max(zs)) / 2 if zs else float(z)
         for step in (-1, +1):
-            carried = heading(clicks, z, (min(zs) + max(zs)) / 2, step)
+            carried = heading(clicks, z, middle, step)
             for zz in self._repropagate(obj, z, step, clip, (lo, hi), carried):
                 done += 1
                 yield Progress(done, None, zz, "re-propagating")
