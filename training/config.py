@@ -23,7 +23,12 @@ class DataConfig:
             ``csv`` (columns ``image,label[,patient][,case][,modality]``).
         path: the folder, ``dataset.json`` or CSV file.
         patient_regex: regex whose group 1 (on the case name) is the patient id.
-        axis: slicing axis after RAS reorientation: ``axial``, ``coronal`` or ``sagittal``.
+        orientation: axis codes the volumes are turned to before slicing (MONAI
+            ``Orientationd``). ``LPS`` (default) cuts axial slices as the inference reads them
+            from ITK/DICOM-ordered files (anterior up, the patient's right on the left), so the
+            decoder trains on the images it will be asked about; ``RAS`` turns them by 180
+            degrees (what ``sam_med_lite_v1`` was trained on).
+        axis: slicing axis after that reorientation: ``axial``, ``coronal`` or ``sagittal``.
         spacing: optional ``[x, y, z]`` mm for MONAI ``Spacingd`` (``null`` keeps the grid).
         intensity: ``auto`` (CT window or MR percentiles from the modality) or a preset name of
             ``napari_sam_med.preprocessing.PRESETS``.
@@ -60,6 +65,7 @@ class DataConfig:
     source: str = "folder"
     path: str = ""
     patient_regex: str | None = None
+    orientation: str = "LPS"
     axis: str = "axial"
     spacing: list[float] | None = None
     intensity: str = "auto"
@@ -274,10 +280,22 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.run.steps >= 0, "run.steps must be >= 0"),
         (cfg.run.keep_last >= 1, "run.keep_last must be >= 1"),
         (0 < cfg.model.layer_decay <= 1, "model.layer_decay must be in (0, 1]"),
+        (
+            _is_axcodes(cfg.data.orientation),
+            f"data.orientation={cfg.data.orientation!r}; expected three axis codes, one of L/R,"
+            " one of A/P and one of S/I (e.g. 'LPS' or 'RAS')",
+        ),
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(f"invalid config: {message}")
+
+
+def _is_axcodes(codes: Any) -> bool:
+    if not isinstance(codes, str) or len(codes) != 3:
+        return False
+    pairs = [set(p) for p in ("LR", "AP", "SI")]
+    return all(sum(c in p for c in codes.upper()) == 1 for p in pairs)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

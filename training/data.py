@@ -1,11 +1,11 @@
 """Volume pipeline with MONAI dictionary transforms, cached, with bad cases reported by name.
 
 Per case: read image + label with ``napari_sam_med.volume.io`` (every format it reads, DICOM
-series with RTSTRUCT labels included) -> channel-first -> ``Orientationd("RAS")`` -> optional
-``Spacingd`` -> intensity with the **inference presets** (``napari_sam_med.preprocessing``,
+series with RTSTRUCT labels included) -> channel-first -> ``Orientationd(data.orientation)``
+(default ``LPS``) -> optional ``Spacingd`` -> intensity with the **inference presets** (``napari_sam_med.preprocessing``,
 imported) -> cached by ``CacheDataset`` (memory) or ``PersistentDataset`` (disk).
 
-Arrays after this pipeline are ``(1, X, Y, Z)`` in RAS order, the image float32 in ``[0, 255]``,
+Arrays after this pipeline are ``(1, X, Y, Z)`` in that orientation, the image float32 in ``[0, 255]``,
 the label integer. A case that cannot be read, whose label does not match its image, or whose
 label is empty becomes ``{"case": ..., "error": reason}`` instead of raising, so that
 :func:`load_volumes` can report it by name and skip it or stop before training starts.
@@ -29,7 +29,7 @@ from .cases import load_case_arrays
 
 logger = logging.getLogger(__name__)
 
-AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # array axes of (X, Y, Z) in RAS
+AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # array axes of (X, Y, Z) after Orientationd
 
 
 def ras_affine(vol: Volume) -> np.ndarray:
@@ -121,14 +121,15 @@ class SafePipeline(Transform):
 
 
 def volume_transforms(data_cfg: Any) -> SafePipeline:
-    """The deterministic MONAI chain for one case (load, channel, RAS, spacing, intensity)."""
+    """The deterministic MONAI chain for one case (load, channel, orientation, spacing,
+    intensity)."""
     from monai.transforms import EnsureChannelFirstd, Orientationd, Spacingd
 
     keys = ["image", "label"]
     chain: list[Any] = [
         LoadCased(data_cfg.rtstruct_rois),
         EnsureChannelFirstd(keys=keys, channel_dim="no_channel"),
-        Orientationd(keys=keys, axcodes="RAS", labels=None),
+        Orientationd(keys=keys, axcodes=data_cfg.orientation, labels=None),
     ]
     if data_cfg.spacing:
         chain.append(Spacingd(keys=keys, pixdim=data_cfg.spacing, mode=("bilinear", "nearest")))

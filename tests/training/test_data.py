@@ -24,9 +24,26 @@ def _cfg(**over):
     return load_config(None, [f"data.{k}={v}" for k, v in over.items()]).data
 
 
-def test_pipeline_is_ras_channel_first_and_uses_the_inference_presets(synthetic_dataset):
+def test_pipeline_is_lps_by_default_channel_first_with_the_inference_presets(synthetic_dataset):
     cases = find_pairs(synthetic_dataset)
-    vols = load_volumes(cases[:1], _cfg(cache="none"))
+    item = load_volumes(cases[:1], _cfg(cache="none")).get(0)
+    image, label = np.asarray(item["image"]), np.asarray(item["label"])
+    raw, lab = make_volume(0)
+    # LPS identity direction: the voxels keep the order the inference reads them in
+    expected = apply_intensity(raw, "ct_soft_tissue").transpose(2, 1, 0)
+    np.testing.assert_allclose(image[0], expected, rtol=1e-6)
+    np.testing.assert_array_equal(label[0], lab.transpose(2, 1, 0))
+    assert item["preset"] == "ct_soft_tissue"
+
+
+def test_bad_orientation_codes_are_refused():
+    with pytest.raises(ValueError, match="data.orientation='LPA'"):
+        _cfg(orientation="LPA")
+
+
+def test_pipeline_can_turn_to_ras_as_v1_was_trained(synthetic_dataset):
+    cases = find_pairs(synthetic_dataset)
+    vols = load_volumes(cases[:1], _cfg(cache="none", orientation="RAS"))
     item = vols.get(0)
     image, label = np.asarray(item["image"]), np.asarray(item["label"])
     assert image.shape == (1, 48, 48, 12) and label.shape == image.shape  # (1, X, Y, Z)
