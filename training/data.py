@@ -2,13 +2,14 @@
 
 Per case: read image + label with ``napari_sam_med.volume.io`` (every format it reads, DICOM
 series with RTSTRUCT labels included) -> channel-first -> ``Orientationd(data.orientation)``
-(default ``LPS``) -> optional ``Spacingd`` -> intensity with the **inference presets** (``napari_sam_med.preprocessing``,
-imported) -> cached by ``CacheDataset`` (memory) or ``PersistentDataset`` (disk).
+(default ``LPS``) -> optional ``Spacingd`` -> intensity with the **inference presets**
+(``napari_sam_med.preprocessing``, imported) -> cached by ``CacheDataset`` (memory) or
+``PersistentDataset`` (disk).
 
-Arrays after this pipeline are ``(1, X, Y, Z)`` in that orientation, the image float32 in ``[0, 255]``,
-the label integer. A case that cannot be read, whose label does not match its image, or whose
-label is empty becomes ``{"case": ..., "error": reason}`` instead of raising, so that
-:func:`load_volumes` can report it by name and skip it or stop before training starts.
+Arrays after this pipeline are ``(1, X, Y, Z)`` in that orientation, the image float32 in
+``[0, 255]``, the label integer. A case that cannot be read, whose label does not match its
+image, or whose label is empty becomes ``{"case": ..., "error": reason}`` instead of raising,
+so that :func:`load_volumes` can report it by name and skip it or stop before training starts.
 """
 
 from __future__ import annotations
