@@ -273,6 +273,16 @@ def encoder_fingerprint(model: nn.Module, *extra: object) -> str:
     return h.hexdigest()
 
 
+# The data settings that change a slice's pixels, and so its embedding.
+SLICE_SHAPING = ("intensity", "path", "spacing", "axis", "orientation")
+
+
+def embedding_namespace(model: nn.Module, data_cfg: Any) -> str:
+    """The :class:`EmbeddingStore` namespace of a run: the encoder's weights and every data
+    setting in :data:`SLICE_SHAPING` (a cache filled under other settings is not reused)."""
+    return encoder_fingerprint(model, *(getattr(data_cfg, k) for k in SLICE_SHAPING))
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,

@@ -22,7 +22,7 @@ from .engine import (
     EmbeddingStore,
     InteractiveStep,
     build_optimizer,
-    encoder_fingerprint,
+    embedding_namespace,
     set_trainable,
 )
 from .losses import build_loss
@@ -73,8 +73,7 @@ class Trainer:
         )
         self.store = None
         if uses_cache(cfg):
-            d = cfg.data
-            space = encoder_fingerprint(self.model, d.intensity, d.path, d.spacing, d.axis)
+            space = embedding_namespace(self.model, cfg.data)
             self.store = EmbeddingStore(directory=cfg.model.embedding_cache_dir, namespace=space)
             fuse = getattr(self.model.image_encoder, "fuse_for_inference", None)
             if callable(fuse):  # the frozen encoder only embeds: use its fast eval path

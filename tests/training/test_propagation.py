@@ -137,3 +137,19 @@ def test_disk_embedding_store_reuses_and_recomputes(tmp_path):
     d.embed(model.image_encoder, images, ["c|1", "c|2"], torch.autocast("cpu", enabled=False))
     assert d.misses == 0  # the corrupt entry was rewritten
     assert encoder_fingerprint(model, "mr") != ns
+
+
+def test_embedding_namespace_changes_with_every_setting_that_changes_a_slice():
+    from training.config import load_config
+    from training.engine import SLICE_SHAPING, embedding_namespace
+
+    model = build_sam("tiny", inference=False).eval()
+    base = load_config(None, []).data
+    seen = {embedding_namespace(model, base)}
+    other = {"intensity": "mr", "path": "x.csv", "spacing": [1.0, 1.0, 2.0], "axis": "coronal",
+             "orientation": "RAS"}  # fmt: skip
+    assert set(other) == set(SLICE_SHAPING)
+    for key, value in other.items():
+        changed = load_config(None, [f"data.{key}={value}"]).data
+        seen.add(embedding_namespace(model, changed))
+    assert len(seen) == 1 + len(other)  # a cache filled in another orientation is not reused
