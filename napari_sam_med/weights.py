@@ -44,8 +44,8 @@ class PackagedWeights:
 # Our own models (registry name -> file): see docs/model_card_sam_med_lite.md.
 PACKAGED: dict[str, PackagedWeights] = {
     "sam_med_lite": PackagedWeights(
-        file="sam_med_lite_v1.pt",
-        sha256="a36b08cdd90e8c0ac9c7d9d9a91757d2b1c97344206745044c7ea4f36803c342",
+        file="sam_med_lite_v2.pt",
+        sha256="89cdceccf15e76fed9b5b46dc3b13d63347211e28df8649677a80ed20ab87c9e",
         base="lite_medsam",
     ),
 }

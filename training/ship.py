@@ -1,7 +1,7 @@
 """Turn a training checkpoint into the weights file the package ships.
 
     python -m training.ship RUN_DIR/checkpoints/best.pth --name sam_med_lite \
-        --out napari_sam_med/model_weights/sam_med_lite_v1.pt [--overwrite]
+        --out napari_sam_med/model_weights/sam_med_lite_v2.pt [--overwrite] [--dtype float16]
 
 Writes only the tensors that differ from the base model (LiteMedSAM) in float16 when float16
 loses nothing measurable: on every slice of the sample phantoms, prompted by the box of each
@@ -68,9 +68,19 @@ def compare(a, b) -> tuple[float, float]:
 
 
 def ship(
-    ckpt: str, name: str, out: Path, base: str = "lite_medsam", engine: dict | None = None
+    ckpt: str,
+    name: str,
+    out: Path,
+    base: str = "lite_medsam",
+    engine: dict | None = None,
+    dtype: str = "auto",
 ) -> dict:
-    """Write the delta file (float16 if lossless, else float32) and the golden; return facts.
+    """Write the delta file and the golden; return facts.
+
+    ``dtype``: ``auto`` keeps float16 when it is lossless on the phantoms' golden prompts (see
+    the module doc) and falls back to float32; ``float16``/``float32`` force one (float16 when
+    a measurement elsewhere, e.g. the 3D benchmark on training patients, shows that the few
+    pixels it flips on the phantoms change nothing; the comparison is reported either way).
 
     ``engine``: the engine thresholds chosen for this model on training patients (e.g.
     ``{"min_iou": 0.3, "min_stability": 0.0}``), recorded as ``metadata["engine"]`` and read by
@@ -83,10 +93,13 @@ def ship(
         meta["engine"] = dict(engine)
     prompts = golden_prompts()
     reference = answers(build_sam(ckpt, device="cpu"), prompts)
-    for dtype in (torch.float16, torch.float32):
+    tried = {"auto": (torch.float16, torch.float32), "float16": (torch.float16,)}
+    for dtype in tried.get(dtype, (torch.float32,)):
         save_delta_checkpoint(tuned, base, out, meta, dtype=dtype)
         shipped = answers(build_sam(out, device="cpu"), prompts)
         worst_iou, worst_pred = compare(reference, shipped)
+        print(f"{dtype}: min mask IoU vs the checkpoint {worst_iou:.4f}, max IoU-prediction "
+              f"difference {worst_pred:.2e}")  # fmt: skip
         if worst_iou >= 0.999 and worst_pred < 1e-3:
             break
     golden = ROOT / "tests" / "fixtures" / f"{name}_golden.npz"
@@ -101,7 +114,7 @@ def ship(
         "bytes": out.stat().st_size,
         "sha256": sha256_file(out),
         "dtype": str(dtype),
-        "min_mask_iou_vs_float32": worst_iou,
+        "min_mask_iou_vs_checkpoint": worst_iou,
         "max_iou_pred_diff": worst_pred,
         "tensors": len(torch.load(out, weights_only=True)["state_dict"]),
         "golden": str(golden),
@@ -117,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--engine", default="{}", help='JSON engine thresholds, e.g. {"min_iou": 0.3}'
     )
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "float16", "float32"),
+        default="auto",
+        help="auto: float16 when lossless on the phantoms, else float32",
+    )
     args = p.parse_args(argv)
     if args.out.exists() and not args.overwrite:
         print(f"error: {args.out} exists; pass --overwrite to replace it", file=sys.stderr)
@@ -126,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     except json.JSONDecodeError as err:
         print(f"error: --engine {args.engine!r} is not JSON: {err}", file=sys.stderr)
         return 2
-    for k, v in ship(args.checkpoint, args.name, args.out, engine=engine).items():
+    for k, v in ship(args.checkpoint, args.name, args.out, engine=engine, dtype=args.dtype).items():
         print(f"{k}: {v}")
     return 0
 
