@@ -94,11 +94,11 @@ def ship(
     prompts = golden_prompts()
     reference = answers(build_sam(ckpt, device="cpu"), prompts)
     tried = {"auto": (torch.float16, torch.float32), "float16": (torch.float16,)}
-    for dtype in tried.get(dtype, (torch.float32,)):
-        save_delta_checkpoint(tuned, base, out, meta, dtype=dtype)
+    for kind in tried.get(dtype, (torch.float32,)):
+        save_delta_checkpoint(tuned, base, out, meta, dtype=kind)
         shipped = answers(build_sam(out, device="cpu"), prompts)
         worst_iou, worst_pred = compare(reference, shipped)
-        print(f"{dtype}: min mask IoU vs the checkpoint {worst_iou:.4f}, max IoU-prediction "
+        print(f"{kind}: min mask IoU vs the checkpoint {worst_iou:.4f}, max IoU-prediction "
               f"difference {worst_pred:.2e}")  # fmt: skip
         if worst_iou >= 0.999 and worst_pred < 1e-3:
             break
@@ -113,7 +113,7 @@ def ship(
         "file": str(out),
         "bytes": out.stat().st_size,
         "sha256": sha256_file(out),
-        "dtype": str(dtype),
+        "dtype": str(kind),
         "min_mask_iou_vs_checkpoint": worst_iou,
         "max_iou_pred_diff": worst_pred,
         "tensors": len(torch.load(out, weights_only=True)["state_dict"]),
