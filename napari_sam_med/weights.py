@@ -45,7 +45,7 @@ class PackagedWeights:
 PACKAGED: dict[str, PackagedWeights] = {
     "sam_med_lite": PackagedWeights(
         file="sam_med_lite_v2.pt",
-        sha256="89cdceccf15e76fed9b5b46dc3b13d63347211e28df8649677a80ed20ab87c9e",
+        sha256="0a0260278c4683ccddd9e100e00faf75d1ecb625bc5ee290e5b554c126399a08",
         base="lite_medsam",
     ),
 }

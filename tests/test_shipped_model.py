@@ -60,7 +60,7 @@ def test_model_records_what_it_was_trained_for(model):
     assert caps.clicks and caps.mask_prompt and caps.propagation
     # the engine rules chosen for it on training patients travel with it
     assert engine_rules(model) == {
-        "repropagate": "union", "min_iou": 0.0, "min_stability": 0.0, "carry_clicks": True,
+        "repropagate": "keep", "min_iou": 0.0, "min_stability": 0.0, "carry_clicks": True,
     }  # fmt: skip
 
 
