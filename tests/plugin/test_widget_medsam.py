@@ -1,4 +1,4 @@
-"""The widget with the default model (LiteMedSAM) on the CT phantom: real masks.
+"""The widget with LiteMedSAM (the published weights) on the CT phantom: real masks.
 
 Embeddings go to one cache folder shared by this module, so that each slice is embedded
 once (about 0.7 s per slice on 2 CPU cores).
