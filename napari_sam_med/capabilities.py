@@ -68,6 +68,8 @@ DEFAULT_ENGINE_RULES: dict[str, Any] = {
     "min_stability": 0.5,
     "repropagate": "box",
     "carry_clicks": False,
+    "qc_min_iou": 0.75,
+    "qc_min_stability": 0.85,
 }
 REPROPAGATE_MODES = ("box", "union", "keep", "off")
 
@@ -75,13 +77,14 @@ REPROPAGATE_MODES = ("box", "union", "keep", "off")
 def engine_rules(model: PromptModel) -> dict[str, Any]:
     """The engine rules chosen for this model on training patients when it shipped
     (``checkpoint_metadata["engine"]``: ``min_iou`` and ``min_stability``, below which
-    propagation without a z-range stops, and ``repropagate``, how a correction reaches the
-    slices beside it, and ``carry_clicks``, whether its clicks travel on to them), each
+    propagation without a z-range stops, ``repropagate``, how a correction reaches the
+    slices beside it, ``carry_clicks``, whether its clicks travel on to them, and
+    ``qc_min_iou``/``qc_min_stability``, below which the QC trace flags a slice), each
     falling back to :data:`DEFAULT_ENGINE_RULES` when missing or malformed."""
     meta = getattr(model, "checkpoint_metadata", None) or {}
     given: dict[str, Any] = meta["engine"] if isinstance(meta.get("engine"), dict) else {}
     out = dict(DEFAULT_ENGINE_RULES)
-    for key in ("min_iou", "min_stability"):
+    for key in ("min_iou", "min_stability", "qc_min_iou", "qc_min_stability"):
         value = given.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = float(value)
@@ -97,3 +100,9 @@ def trained_with_clicks(model: PromptModel) -> bool:
     (its metadata says so)."""
     meta = getattr(model, "checkpoint_metadata", None) or {}
     return isinstance(meta.get("training"), dict) and model_capabilities(model).clicks
+
+
+def qc_limits(model: PromptModel) -> tuple[float, float]:
+    """``(min IoU, min stability)`` below which the QC trace flags a slice of ``model``."""
+    rules = engine_rules(model)
+    return float(rules["qc_min_iou"]), float(rules["qc_min_stability"])

@@ -45,7 +45,7 @@ class PackagedWeights:
 PACKAGED: dict[str, PackagedWeights] = {
     "sam_med_lite": PackagedWeights(
         file="sam_med_lite_v2.pt",
-        sha256="0a0260278c4683ccddd9e100e00faf75d1ecb625bc5ee290e5b554c126399a08",
+        sha256="cde9bf5f0fa7d1de36fd659dd5071185d7240ed6c0ce7f4d50e406e327f2ad6b",
         base="lite_medsam",
     ),
 }

@@ -61,6 +61,7 @@ def test_model_records_what_it_was_trained_for(model):
     # the engine rules chosen for it on training patients travel with it
     assert engine_rules(model) == {
         "repropagate": "keep", "min_iou": 0.0, "min_stability": 0.0, "carry_clicks": True,
+        "qc_min_iou": 0.8, "qc_min_stability": 0.2,
     }  # fmt: skip
 
 

@@ -10,9 +10,6 @@ import numpy as np
 from .prompt import SlicePrompt
 from .slices import SlicePrediction
 
-QC_MIN_IOU = 0.75
-QC_MIN_STABILITY = 0.85
-
 
 @dataclass
 class ObjectSegmentation:
@@ -67,7 +64,7 @@ class ObjectSegmentation:
                     "area": p.area,
                     "source": p.source,
                     "key_slice": z in self.key_prompts,
-                    "flagged": bool(p.iou < QC_MIN_IOU or p.stability < QC_MIN_STABILITY),
+                    "flagged": p.weak,
                 }
             )
         return rows

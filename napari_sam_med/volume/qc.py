@@ -21,7 +21,7 @@ import numpy as np
 from ..outputs import check_output, write_bytes_atomic, write_json_atomic
 from ..preprocessing import apply_intensity, intensity_range
 from .geometry import Volume
-from .objects import QC_MIN_IOU, QC_MIN_STABILITY, ObjectSegmentation
+from .objects import ObjectSegmentation
 
 if TYPE_CHECKING:
     from .manifest import CaseSpec
@@ -211,7 +211,7 @@ def _caption(obj: ObjectSegmentation, z: int) -> str:
     p = obj.slices.get(z)
     if p is None:
         return f"L{obj.label} z{z} EMPTY"
-    flag = " !" if (p.iou < QC_MIN_IOU or p.stability < QC_MIN_STABILITY) else ""
+    flag = " !" if p.weak else ""
     return f"L{obj.label} z{z} iou{p.iou:.2f} {p.source[:4]}{flag}"
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..capabilities import DEFAULT_ENGINE_RULES, qc_limits
 from ..modeling import PromptModel
 from ..predictor import SamPredictor
 from ..preprocessing import (
@@ -28,6 +29,12 @@ from .cache import EmbeddingCache, array_hash, encoder_weights_id
 from .prompt import SlicePrompt
 
 logger = logging.getLogger(__name__)
+
+# LiteMedSAM's QC limits: those of a prediction whose model is not known (painted, read back).
+QC_LIMITS = (
+    float(DEFAULT_ENGINE_RULES["qc_min_iou"]),
+    float(DEFAULT_ENGINE_RULES["qc_min_stability"]),
+)
 
 
 @dataclass
@@ -53,6 +60,8 @@ class SlicePrediction:
         source: what produced it (``"box"``, ``"points"``, ``"propagated"``, ``"correction"``...).
         prompt: the prompt that was used.
         candidates: of a ``multimask`` prediction, all masks (see :class:`Candidates`).
+        qc_limits: ``(min IoU, min stability)`` of the model that made it, below which the QC
+            trace flags the slice (:func:`napari_sam_med.capabilities.qc_limits`).
     """
 
     z: int
@@ -63,11 +72,19 @@ class SlicePrediction:
     source: str
     prompt: SlicePrompt = field(default_factory=SlicePrompt)
     candidates: Candidates | None = None
+    qc_limits: tuple[float, float] = QC_LIMITS
 
     @property
     def area(self) -> int:
         """Mask area in pixels."""
         return int(self.mask.sum())
+
+    @property
+    def weak(self) -> bool:
+        """Whether the QC trace flags this slice (predicted IoU or stability below the
+        model's QC limits)."""
+        min_iou, min_stability = self.qc_limits
+        return bool(self.iou < min_iou or self.stability < min_stability)
 
 
 class SliceSegmenter:
@@ -224,7 +241,7 @@ class SliceSegmenter:
         cands = Candidates(masks > 0, ious.tolist(), low) if multimask else None
         return SlicePrediction(
             int(z), masks[best] > 0, logits, float(ious[best]), _stability(logits), source,
-            prompt.replace(edited_box=None, box3d=None), cands,
+            prompt.replace(edited_box=None, box3d=None), cands, qc_limits(self.model),
         )  # fmt: skip
 
 
@@ -242,6 +259,7 @@ def choose_candidate(pred: SlicePrediction, index: int) -> SlicePrediction:
         _stability(logits),
         pred.source,
         pred.prompt,
+        qc_limits=pred.qc_limits,
     )
 
 

@@ -384,3 +384,33 @@ def test_engine_rules_follow_the_model_unless_set(tiny_model):
     assert prop._repropagate_mode() == "union"
     prop.settings = PropagationSettings(min_iou=0.7)
     assert prop.thresholds() == (0.7, 0.5)
+
+
+def test_qc_flags_follow_the_models_qc_limits(tiny_model):
+    """The QC trace flags a slice below its model's QC limits (the checkpoint's ``engine``
+    metadata), LiteMedSAM's 0.75/0.85 for models without them; a slice whose model is unknown
+    (painted, read back) keeps those too."""
+    import copy
+
+    from napari_sam_med.volume.objects import ObjectSegmentation
+    from napari_sam_med.volume.slices import QC_LIMITS, SlicePrediction
+
+    model = copy.deepcopy(tiny_model)
+    seg = SliceSegmenter(model, np.zeros((3, 32, 32), np.float32))
+    box = np.array([4, 4, 20, 20], np.float32)
+    model.checkpoint_metadata = {}
+    plain = seg.predict(1, box=box)
+    assert plain.qc_limits == QC_LIMITS == (0.75, 0.85)
+    # a random tiny model's IoU head may answer below 0: a limit far below anything it says
+    model.checkpoint_metadata = {"engine": {"qc_min_iou": -100.0, "qc_min_stability": 0.0}}
+    lenient = seg.predict(1, box=box)
+    assert lenient.qc_limits == (-100.0, 0.0) and not lenient.weak
+    model.checkpoint_metadata = {"engine": {"qc_min_iou": 2.0, "qc_min_stability": 0.0}}
+    strict = seg.predict(1, box=box)
+    assert strict.weak  # no predicted IoU reaches 2
+    obj = ObjectSegmentation(1)
+    obj.slices = {0: lenient, 1: strict}
+    assert obj.flagged_slices() == [1]
+    mask, logits = np.ones((32, 32), bool), np.zeros((1, 1), np.float32)
+    painted = SlicePrediction(2, mask, logits, 0.8, 0.8, "painted")
+    assert painted.qc_limits == QC_LIMITS and painted.weak  # stability 0.8 < 0.85
