@@ -60,3 +60,25 @@ def dev_cases(root: Path = SHARED) -> list[DevCase]:
         )
     )
     return [c for c in cases if c.image.exists() and c.label.exists()]
+
+
+def add_split_arguments(parser) -> None:
+    """The options of the scripts that run on a split group of a case table (training/)."""
+    parser.add_argument("--table", default="training/splits/dev_pool.csv")
+    parser.add_argument("--split", required=True, help="e.g. training/splits/dev_v1_fit.json")
+    parser.add_argument("--group", default="val", choices=("train", "val"))
+    parser.add_argument("--cache-dir", default=None, help="on-disk embedding cache")
+    parser.add_argument("--threads", type=int, default=2)
+
+
+def split_cases(args) -> tuple[list, object]:
+    """``(cases of the group, an EmbeddingCache)`` from :func:`add_split_arguments`' options;
+    sets the torch thread count."""
+    import torch
+
+    from napari_sam_med.bench3d.cases import load_cases, select_group
+    from napari_sam_med.volume.cache import EmbeddingCache
+
+    torch.set_num_threads(args.threads)
+    cases = select_group(load_cases(args.table), args.split, args.group)
+    return cases, EmbeddingCache(args.cache_dir, memory_bytes=2 * 2**30)

@@ -19,14 +19,12 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
+from dev_cases import add_split_arguments, split_cases
 
 from napari_sam_med import build_sam
-from napari_sam_med.bench3d.cases import load_cases, select_group
 from napari_sam_med.bench3d.clicks import box3d_of
 from napari_sam_med.bench3d.runner import load_subject
 from napari_sam_med.metrics import dice
-from napari_sam_med.volume.cache import EmbeddingCache
 from napari_sam_med.volume.objects import ObjectSegmentation
 from napari_sam_med.volume.propagate import PropagationSettings, Propagator
 from napari_sam_med.volume.slices import QC_LIMITS, SliceSegmenter
@@ -51,15 +49,9 @@ def slice_scores(model, cases, cache) -> np.ndarray:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="+")
-    p.add_argument("--table", default="training/splits/dev_pool.csv")
-    p.add_argument("--split", required=True)
-    p.add_argument("--group", default="val", choices=("train", "val"))
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--threads", type=int, default=2)
+    add_split_arguments(p)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    cases = select_group(load_cases(args.table), args.split, args.group)
-    cache = EmbeddingCache(args.cache_dir, memory_bytes=2 * 2**30)
+    cases, cache = split_cases(args)
     for name in args.models:
         a = slice_scores(build_sam(name, device="cpu"), cases, cache)
         print(f"{name}: {len(a)} slices of {len(cases)} box starts; median predicted IoU "

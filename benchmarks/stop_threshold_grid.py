@@ -20,14 +20,12 @@ import argparse
 import itertools
 
 import numpy as np
-import torch
+from dev_cases import add_split_arguments, split_cases
 
 from napari_sam_med import build_sam
-from napari_sam_med.bench3d.cases import load_cases, select_group
 from napari_sam_med.bench3d.clicks import start_prompt
 from napari_sam_med.bench3d.runner import click_rng, load_subject
 from napari_sam_med.metrics import dice
-from napari_sam_med.volume.cache import EmbeddingCache
 from napari_sam_med.volume.objects import ObjectSegmentation
 from napari_sam_med.volume.propagate import PropagationSettings, Propagator
 from napari_sam_med.volume.slices import SliceSegmenter
@@ -70,17 +68,11 @@ def one_case(seg: SliceSegmenter, subject, start: str, seed: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", help="registry name or checkpoint file")
-    p.add_argument("--table", default="training/splits/dev_pool.csv")
-    p.add_argument("--split", required=True)
-    p.add_argument("--group", default="val", choices=("train", "val"))
-    p.add_argument("--cache-dir", default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    add_split_arguments(p)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    cases = select_group(load_cases(args.table), args.split, args.group)
+    cases, cache = split_cases(args)
     model = build_sam(args.model, device="cpu")
-    cache = EmbeddingCache(args.cache_dir, memory_bytes=2 * 2**30)
     scores: dict[str, list[dict]] = {s: [] for s in STARTS}
     for case in cases:
         subject = load_subject(case)
