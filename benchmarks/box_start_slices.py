@@ -36,11 +36,12 @@ from napari_sam_med.volume.slices import SliceSegmenter
 KINDS = ("tight", "tight+6", "box3d")
 
 
-def box_start(seg: SliceSegmenter, box: list[int], shape: tuple[int, ...]) -> np.ndarray:
+def box_start(seg: SliceSegmenter, box: list[int]) -> ObjectSegmentation:
+    """The engine's 3D box start (default settings, the model's own rules), run to the end."""
     prop, obj = Propagator(seg, PropagationSettings()), ObjectSegmentation(1)
     for _ in prop.box3d(obj, box):
         pass
-    return obj.to_mask(shape)
+    return obj
 
 
 def slice_prompts(gt: np.ndarray, box: list[int], kind: str, z: int) -> np.ndarray:
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         seg = SliceSegmenter(
             build_sam(name, device="cpu"), image, sub.preset, cache, spacing=sub.image.spacing
         )
-        masks[name] = box_start(seg, box, gt.shape)
+        masks[name] = box_start(seg, box).to_mask(gt.shape)
         print(f"{name}: 3D Dice {dice(masks[name], gt):.4f}")
         for kind in KINDS:
             preds = [seg.predict(z, box=slice_prompts(gt, box, kind, z)).mask for z in picks]

@@ -93,8 +93,12 @@ def ship(
         meta["engine"] = dict(engine)
     prompts = golden_prompts()
     reference = answers(build_sam(ckpt, device="cpu"), prompts)
-    tried = {"auto": (torch.float16, torch.float32), "float16": (torch.float16,)}
-    for kind in tried.get(dtype, (torch.float32,)):
+    tried = {
+        "auto": (torch.float16, torch.float32),
+        "float16": (torch.float16,),
+        "float32": (torch.float32,),
+    }
+    for kind in tried[dtype]:
         save_delta_checkpoint(tuned, base, out, meta, dtype=kind)
         shipped = answers(build_sam(out, device="cpu"), prompts)
         worst_iou, worst_pred = compare(reference, shipped)
